@@ -1,0 +1,119 @@
+"""Configuration dataclasses: one per component, validated in ``__post_init__``.
+
+Nothing here reads the environment; the CLI builds these from flags and env vars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Rope scaling variants the model code implements (HF `rope_scaling.rope_type`).
+SUPPORTED_ROPE_SCALING = ("linear", "llama3", "default")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ModelArchConfig:
+    """Hyperparameters of a decoder-only transformer, whatever the file format."""
+
+    architecture: str  # one of SUPPORTED_ARCHITECTURES
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int  # usually hidden_size // num_attention_heads
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int  # the model's context length in tokens
+    tie_word_embeddings: bool  # lm_head shares the embedding matrix
+    attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
+    # HF-style rope scaling dict, e.g. {"rope_type": "llama3", "factor": 8.0, ...}; None = plain RoPE.
+    rope_scaling: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(self.architecture in SUPPORTED_ARCHITECTURES,
+                 f"unknown architecture {self.architecture!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and 0 < value < 10_000_000, f"{name} must be a positive int, got {value!r}")
+        _require(self.num_attention_heads % self.num_key_value_heads == 0,
+                 "num_attention_heads must be a multiple of num_key_value_heads")
+        _require(self.head_dim % 2 == 0, "head_dim must be even for RoPE")
+        _require(self.rms_norm_eps > 0, "rms_norm_eps must be positive")
+        _require(self.rope_theta > 0, "rope_theta must be positive")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+            _require(kind in SUPPORTED_ROPE_SCALING, f"unsupported rope scaling {kind!r}")
+
+    @property
+    def num_queries_per_kv(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache: one pool of fixed-size blocks shared by every request."""
+
+    block_size: int = 16  # tokens per block
+    # Memory budget for K and V of all layers, in bytes; used when num_blocks is None.
+    kv_cache_memory_bytes: int = 512 * 1024 * 1024
+    num_blocks: int | None = None  # explicit pool size, overrides the memory budget
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size must be a power of two ≤ 128")
+        _require(self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes must be positive")
+        _require(self.num_blocks is None or self.num_blocks >= 2, "num_blocks must be ≥ 2")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits of one engine step."""
+
+    max_num_seqs: int = 64  # requests running at once
+    max_num_batched_tokens: int = 512  # tokens computed per step (prefill chunks + decodes)
+    max_model_len: int | None = None  # context cap; None = the model's own
+    queue_policy: str = "fcfs"  # waiting-queue order, see engine/queue_policy.py
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.max_num_seqs <= 4096, "max_num_seqs must be in [1, 4096]")
+        _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be ≥ 1")
+        _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len must be ≥ 2")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Where and how the model math runs."""
+
+    device: str = "cpu"  # "cpu" or "cuda" / "cuda:N"
+    # Linear-layer kernels: "fp32" everywhere (batch-invariant, matches transformers), or
+    # "auto": packed int8 weights for small steps, fp32 GEMM for large ones (fastest on CPU).
+    linear_backend: str = "auto"
+    num_threads: int | None = None  # torch intra-op threads; None = leave torch's default
+
+    def __post_init__(self) -> None:
+        _require(self.device == "cpu" or self.device.startswith("cuda"), f"unknown device {self.device!r}")
+        _require(self.linear_backend in ("auto", "fp32", "int8"),
+                 f"linear_backend must be auto, fp32 or int8, got {self.linear_backend!r}")
+        _require(self.num_threads is None or self.num_threads >= 1, "num_threads must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str | None = None  # GGUF file or HF directory; None = the embedded SmolLM2 default
+    served_model_name: str | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    seed: int = 0  # seed of requests that give none
