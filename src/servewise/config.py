@@ -67,7 +67,7 @@ class CacheConfig:
 
     block_size: int = 16  # tokens per block
     # Memory budget for K and V of all layers, in bytes; used when num_blocks is None.
-    kv_cache_memory_bytes: int = 512 * 1024 * 1024
+    kv_cache_memory_bytes: int = 1024 * 1024 * 1024
     num_blocks: int | None = None  # explicit pool size, overrides the memory budget
     enable_prefix_caching: bool = True
 

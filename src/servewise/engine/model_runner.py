@@ -1,0 +1,118 @@
+"""Turns a ScheduleOutput into one forward pass over a flat batch and returns logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from servewise.config import CacheConfig, ModelArchConfig
+from servewise.engine.request import Request
+from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput
+from servewise.layers.attention import AttentionMetadata, DenseSegment
+from servewise.models.llama import KVCache, LlamaForCausalLM
+
+# Chunks this small after a cached context go through the paged kernel token by token;
+# larger ones use dense attention (GEMM-shaped, much faster per token).
+MAX_PAGED_CHUNK_TOKENS = 4
+
+
+def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
+    element_size = torch.empty(0, dtype=dtype).element_size()
+    return 2 * arch.num_hidden_layers * arch.num_key_value_heads * block_size * arch.head_dim * element_size
+
+
+def num_blocks_for_budget(arch: ModelArchConfig, cache: CacheConfig, dtype: torch.dtype) -> int:
+    if cache.num_blocks is not None:
+        return cache.num_blocks
+    return max(2, cache.kv_cache_memory_bytes // kv_bytes_per_block(arch, cache.block_size, dtype))
+
+
+@dataclass
+class RunnerOutput:
+    """Model runner -> engine: the logits of every request that samples this step."""
+
+    logits: torch.Tensor  # [len(sample_requests), vocab] fp32
+    sample_requests: list[Request]  # row order of logits
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        arch = model.config
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        shape = (num_blocks, arch.num_key_value_heads, block_size, arch.head_dim)
+        self.kv_caches: list[KVCache] = [
+            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(arch.num_hidden_layers)
+        ]
+
+    def execute(self, sched: ScheduleOutput) -> RunnerOutput:
+        input_ids, positions, meta, order = self._prepare(sched.chunks)
+        sample_rows: list[int] = []
+        sample_requests: list[Request] = []
+        start = 0
+        for chunk in order:
+            start += chunk.num_new_tokens
+            if chunk.samples:
+                sample_rows.append(start - 1)
+                sample_requests.append(chunk.request)
+        with torch.inference_mode():
+            hidden = self.model(input_ids, positions, meta, self.kv_caches)
+            if not sample_rows:
+                return RunnerOutput(torch.empty(0, self.model.config.vocab_size), [])
+            rows = torch.tensor(sample_rows, device=self.device)
+            logits = self.model.compute_logits(hidden.index_select(0, rows))
+        return RunnerOutput(logits.to("cpu"), sample_requests)
+
+    def _prepare(self, chunks: list[ScheduledChunk]
+                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[ScheduledChunk]]:
+        paged = [c for c in chunks
+                 if c.request.num_computed_tokens > 0 and c.num_new_tokens <= MAX_PAGED_CHUNK_TOKENS]
+        paged_ids = {id(c) for c in paged}
+        dense = [c for c in chunks if id(c) not in paged_ids]
+        bs = self.block_size
+        ids: list[int] = []
+        pos: list[int] = []
+        slot_blocks: list[int] = []
+        token_rows: list[int] = []
+        ctx_lens: list[int] = []
+        tables: list[list[int]] = []
+        for row, chunk in enumerate(paged):
+            r, s, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_new_tokens
+            ids.extend(r.token_ids[s:s + n])
+            pos.extend(range(s, s + n))
+            slot_blocks.extend(r.block_ids[p // bs] for p in range(s, s + n))
+            token_rows.extend([row] * n)
+            ctx_lens.extend(range(s + 1, s + n + 1))
+            tables.append(r.block_ids)
+        segments: list[DenseSegment] = []
+        for chunk in dense:
+            r, s, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_new_tokens
+            segments.append(DenseSegment(start=len(ids), num_tokens=n, num_context_tokens=s,
+                                         block_ids=torch.tensor(r.block_ids[:-(-(s + n) // bs)],
+                                                                dtype=torch.long, device=self.device)))
+            ids.extend(r.token_ids[s:s + n])
+            pos.extend(range(s, s + n))
+            slot_blocks.extend(r.block_ids[p // bs] for p in range(s, s + n))
+        width = max((len(t) for t in tables), default=0)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        dev = self.device
+
+        def tensor(values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=dev)
+
+        positions = tensor(pos)
+        meta = AttentionMetadata(
+            num_tokens=len(ids),
+            slot_block_ids=tensor(slot_blocks),
+            slot_offsets=positions % bs,
+            num_paged_tokens=len(token_rows),
+            paged_block_tables=tensor(padded, torch.int32).reshape(len(padded), width),
+            paged_token_rows=tensor(token_rows, torch.int32),
+            paged_ctx_lens=tensor(ctx_lens, torch.int32),
+            dense_segments=segments,
+        )
+        return tensor(ids), positions, meta, paged + dense

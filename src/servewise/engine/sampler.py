@@ -1,0 +1,129 @@
+"""Batched token sampling with per-request parameters.
+
+Every operation is row-wise, and each random draw comes from the request's own
+generator (one uniform number per token, inverse-CDF sampling), so a seeded
+request samples the same tokens whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from servewise.engine.request import Request
+from servewise.types import TokenLogprob
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]  # one per row
+    logprobs: list[TokenLogprob | None]  # per row; None when the request asked for none
+
+
+def apply_logits_processors(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+    """Penalties, logit_bias and min_tokens masking, row by row; returns a new tensor if any apply."""
+    out = logits
+    for i, r in enumerate(requests):
+        p = r.params
+        suppress_stop = r.num_output_tokens < p.min_tokens
+        if not (p.logit_bias or suppress_stop or p.repetition_penalty != 1.0
+                or p.presence_penalty or p.frequency_penalty):
+            continue
+        if out is logits:
+            out = logits.clone()
+        row = out[i]
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(r.token_ids)), dtype=torch.long)
+            values = row[seen]
+            row[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and r.num_output_tokens:
+            ids, counts = torch.unique(torch.tensor(r.output_token_ids, dtype=torch.long), return_counts=True)
+            row[ids] -= p.frequency_penalty * counts.float() + p.presence_penalty
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], dtype=torch.long)
+            row[ids] += torch.tensor([b for _, b in p.logit_bias], dtype=row.dtype)
+        if suppress_stop:
+            stop_ids = sorted(r.eos_token_ids | set(p.stop_token_ids))
+            if stop_ids:
+                row[torch.tensor(stop_ids, dtype=torch.long)] = float("-inf")
+    return out
+
+
+def filter_sorted_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                        min_p: torch.Tensor) -> torch.Tensor:
+    """probs: [B, V] sorted descending per row -> the same with filtered entries zeroed.
+
+    top-k first, then top-p on the renormalised rest, then min-p; the top token always survives.
+    """
+    vocab = probs.shape[-1]
+    ranks = torch.arange(vocab).unsqueeze(0)
+    probs = probs.masked_fill(ranks >= top_k.unsqueeze(1), 0.0)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    mass_before = probs.cumsum(dim=-1) - probs
+    probs = probs.masked_fill(mass_before >= top_p.unsqueeze(1), 0.0)
+    return probs.masked_fill(probs < min_p.unsqueeze(1) * probs[:, :1], 0.0)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    # probs: [B, V] unnormalised, ≥ 0; uniforms: [B] in [0, 1) -> index per row
+    cdf = probs.cumsum(dim=-1)
+    targets = (uniforms * cdf[:, -1]).unsqueeze(1)
+    idx = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+class Sampler:
+    def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
+        # logits: [B, V] fp32 raw model output, row i belongs to requests[i]
+        processed = apply_logits_processors(logits, requests)
+        tokens = torch.empty(len(requests), dtype=torch.long)
+        greedy = [i for i, r in enumerate(requests) if r.params.greedy]
+        if greedy:
+            rows = torch.tensor(greedy, dtype=torch.long)
+            tokens[rows] = processed.index_select(0, rows).argmax(dim=-1)
+        random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
+        if random_rows:
+            self._sample_random(processed, requests, random_rows, tokens)
+        token_list = tokens.tolist()
+        return SamplerOutput(token_list, self._logprobs(logits, requests, token_list))
+
+    @staticmethod
+    def _sample_random(processed: torch.Tensor, requests: Sequence[Request], row_ids: list[int],
+                       tokens: torch.Tensor) -> None:
+        params = [requests[i].params for i in row_ids]
+        rows = torch.tensor(row_ids, dtype=torch.long)
+        temps = torch.tensor([p.temperature for p in params]).unsqueeze(1)
+        probs = torch.softmax(processed.index_select(0, rows) / temps, dim=-1)
+        uniforms = torch.cat([torch.rand(1, generator=requests[i].generator) for i in row_ids])
+        filtered = [p.top_k is not None or p.top_p < 1.0 or p.min_p > 0.0 for p in params]
+        if any(filtered):
+            vocab = probs.shape[-1]
+            sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
+            kept = filter_sorted_probs(
+                sorted_probs,
+                torch.tensor([p.top_k or vocab for p in params]),
+                torch.tensor([p.top_p for p in params]),
+                torch.tensor([p.min_p for p in params]))
+            picked = sorted_idx.gather(1, _inverse_cdf(kept, uniforms).unsqueeze(1)).squeeze(1)
+        else:
+            picked = _inverse_cdf(probs, uniforms)
+        tokens[rows] = picked
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, requests: Sequence[Request], tokens: list[int]
+                  ) -> list[TokenLogprob | None]:
+        out: list[TokenLogprob | None] = [None] * len(requests)
+        wanted = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+        if not wanted:
+            return out
+        logprobs = torch.log_softmax(logits.index_select(0, torch.tensor(wanted)), dim=-1)
+        for row, i in enumerate(wanted):
+            k = requests[i].params.logprobs or 0
+            top: tuple[tuple[int, float], ...] = ()
+            if k:
+                values, ids = logprobs[row].topk(k)
+                top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+            out[i] = TokenLogprob(tokens[i], float(logprobs[row, tokens[i]]), top)
+        return out
