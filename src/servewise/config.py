@@ -117,3 +117,21 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     seed: int = 0  # seed of requests that give none
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """HTTP front end: where to listen and the bounds on every request."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 4 * 1024 * 1024  # larger bodies get 413
+    max_messages: int = 1024  # chat messages per request
+    max_prompts: int = 64  # prompts per completions request
+    log_requests: bool = True  # one JSON line per finished request
+    timeout_keep_alive_s: int = 30
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "port must be in [0, 65535]")
+        _require(self.max_body_bytes >= 1024, "max_body_bytes must be ≥ 1024")
+        _require(self.max_messages >= 1 and self.max_prompts >= 1, "max_messages and max_prompts must be ≥ 1")

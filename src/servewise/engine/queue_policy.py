@@ -41,9 +41,10 @@ class RequestQueue(abc.ABC):
     def __iter__(self) -> Iterator[Request]:
         """In admission order."""
 
+    @abc.abstractmethod
     def order_running(self, running: list[Request]) -> None:
         """Sort the running list in place, most urgent first: the scheduler serves it in this
-        order and preempts from its end. FCFS keeps admission order."""
+        order and preempts from its end."""
 
 
 class FCFSQueue(RequestQueue):
@@ -72,6 +73,9 @@ class FCFSQueue(RequestQueue):
 
     def __iter__(self) -> Iterator[Request]:
         return iter(self._queue)
+
+    def order_running(self, running: list[Request]) -> None:
+        return  # admission order already is arrival order: the newest is preempted first
 
 
 class PriorityQueue(RequestQueue):

@@ -1,0 +1,119 @@
+"""The FastAPI application: routes, request ids, OpenAI-shaped errors, engine lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from servewise import __version__
+from servewise.config import EngineConfig, ServerConfig
+from servewise.engine.async_engine import AsyncEngine
+from servewise.errors import ServeWiseError
+from servewise.server import routes_openai, routes_ops
+from servewise.server.responses import error_body
+from servewise.server.state import ServerState
+
+logger = logging.getLogger("servewise.server")
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Keeps a sane incoming X-Request-Id (or makes one) and returns it on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _error_response(state: ServerState, exc: ServeWiseError) -> JSONResponse:
+    if state.metrics is not None:
+        state.metrics.count_failure(exc.error_type)
+    headers = {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    code = exc.code or (exc.error_type if exc.http_status != 400 else None)
+    return JSONResponse(error_body(exc.message, exc.openai_type, exc.param, code), status_code=exc.http_status,
+                        headers=headers)
+
+
+def create_app(server_config: ServerConfig, engine_config: EngineConfig,
+               engine_factory: Callable[[], AsyncEngine]) -> FastAPI:
+    """The app; the engine is built by ``engine_factory`` in a thread once the app starts."""
+    state = ServerState(server_config, engine_config, engine_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start_engine()
+        try:
+            yield
+        finally:
+            if state.engine is not None:
+                state.engine.shutdown()
+
+    app = FastAPI(title="ServeWise", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.servewise = state
+    app.include_router(routes_openai.router)
+    app.include_router(routes_ops.router)
+
+    @app.exception_handler(ServeWiseError)
+    async def servewise_error(request: Request, exc: ServeWiseError) -> JSONResponse:
+        return _error_response(state, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind, None, None), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        if state.metrics is not None:
+            state.metrics.count_failure("internal_error")
+        return JSONResponse(error_body("internal server error", "internal_server_error", None, "internal_error"),
+                            status_code=500)
+
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def engine_factory_for(config: EngineConfig) -> Callable[[], AsyncEngine]:
+    def build() -> AsyncEngine:
+        from servewise.engine.llm_engine import LLMEngine
+
+        return AsyncEngine(LLMEngine(config))
+
+    return build
+
+
+def json_log_formatter() -> logging.Formatter:
+    class _Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return record.getMessage() if record.name == "servewise.requests" else super().format(record)
+
+    return _Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

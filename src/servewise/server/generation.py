@@ -1,0 +1,180 @@
+"""Running one validated request in the engine and shaping its outputs as OpenAI responses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from servewise.engine.async_engine import AsyncEngine
+from servewise.engine.results import GenerationResult, ResultBuilder
+from servewise.errors import EngineError, ServeWiseError
+from servewise.server.responses import (
+    FINISH_REASONS,
+    ChoiceState,
+    LogprobFormatter,
+    Usage,
+    chat_response,
+    completion_response,
+    error_body,
+    sse,
+)
+from servewise.server.validation import ValidGeneration
+from servewise.types import FinishReason, RequestOutput
+
+DONE = sse("[DONE]")
+
+
+class Generation:
+    """A request's prompts running in the engine; keeps every output so usage and logs can be derived."""
+
+    def __init__(self, engine: AsyncEngine, valid: ValidGeneration, request_id: str, arrival_s: float,
+                 engine_ids: list[str], priority: int = 0, deadline_s: float | None = None) -> None:
+        self.engine = engine
+        self.valid = valid
+        self.request_id = request_id
+        self.arrival_s = arrival_s
+        self.engine_ids = engine_ids  # one unique engine request id per prompt
+        self.priority = priority
+        self.deadline_s = deadline_s
+        n = valid.params.n
+        self.builders = [ResultBuilder(rid, n) for rid in engine_ids]
+        self.choices = [ChoiceState(i) for i in range(len(valid.prompts) * n)]
+
+    @property
+    def results(self) -> list[GenerationResult]:
+        return [b.result for b in self.builders]
+
+    def usage(self) -> Usage:
+        results = self.results
+        return Usage(prompt_tokens=sum(len(p) for p in self.valid.prompts),
+                     completion_tokens=sum(r.num_output_tokens for r in results),
+                     cached_tokens=sum(r.num_cached_tokens for r in results))
+
+    def finish_reasons(self) -> list[str]:
+        return [FINISH_REASONS[c.finish_reason] if c.finish_reason else "abort" for c in self.choices]
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, output) as they come; several prompts are interleaved."""
+        if len(self.engine_ids) == 1:
+            async for out in self._one(0):
+                yield 0, out
+            return
+        merged: asyncio.Queue[tuple[int, RequestOutput] | BaseException | None] = asyncio.Queue()
+
+        async def pump(i: int) -> None:
+            try:
+                async for out in self._one(i):
+                    merged.put_nowait((i, out))
+            except BaseException as exc:  # forwarded to the consumer, which re-raises it
+                merged.put_nowait(exc)
+            finally:
+                merged.put_nowait(None)
+
+        tasks = [asyncio.create_task(pump(i)) for i in range(len(self.engine_ids))]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await merged.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _one(self, i: int) -> AsyncIterator[RequestOutput]:
+        async for out in self.engine.generate(self.engine_ids[i], self.valid.prompts[i], self.valid.params,
+                                              priority=self.priority, deadline_s=self.deadline_s,
+                                              arrival_s=self.arrival_s):
+            self.builders[i].add(out)
+            n = self.valid.params.n
+            for c in out.outputs:
+                choice = self.choices[i * n + c.index]
+                choice.text += c.text
+                choice.num_tokens += len(c.token_ids)
+                if c.logprobs:
+                    choice.logprobs.extend(c.logprobs)
+                if c.finish_reason is not None:
+                    choice.finish_reason = c.finish_reason
+            yield out
+
+
+def _raise_if_failed(out: RequestOutput) -> None:
+    if out.error or any(c.finish_reason is FinishReason.ERROR for c in out.outputs):
+        raise EngineError(out.error or "the engine failed this request")
+
+
+async def full_response(gen: Generation, created: int, fingerprint: str, formatter: LogprobFormatter | None
+                        ) -> dict[str, Any]:
+    async for _, out in gen.outputs():
+        _raise_if_failed(out)
+    valid = gen.valid
+    if valid.kind == "chat":
+        return chat_response(f"chatcmpl-{gen.request_id}", created, valid.model, fingerprint, gen.choices,
+                             gen.usage(), formatter)
+    if valid.echo:
+        n = valid.params.n
+        for choice in gen.choices:
+            choice.text = _prompt_text(gen, choice.index // n) + choice.text
+    return completion_response(f"cmpl-{gen.request_id}", created, valid.model, fingerprint, gen.choices,
+                               gen.usage(), formatter)
+
+
+def _prompt_text(gen: Generation, prompt_index: int) -> str:
+    text = gen.valid.prompt_texts[prompt_index]
+    if text is None:
+        text = gen.engine.tokenizer.decode(list(gen.valid.prompts[prompt_index]), skip_special_tokens=False)
+    return text
+
+
+async def stream_response(gen: Generation, created: int, fingerprint: str, formatter: LogprobFormatter | None
+                          ) -> AsyncIterator[bytes]:
+    """SSE chunks: (chat) the role first, content deltas, a finish chunk per choice, usage, [DONE]."""
+    valid = gen.valid
+    chat = valid.kind == "chat"
+    base: dict[str, Any] = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{gen.request_id}",
+                            "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": created, "model": valid.model, "system_fingerprint": fingerprint}
+    if valid.include_usage:
+        base["usage"] = None
+    n = valid.params.n
+    offsets = [0] * len(gen.choices)  # completions logprobs text_offset per choice
+
+    def chunk(index: int, text: str, logprobs: Any, finish: str | None, role: bool = False) -> bytes:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if role else (
+                {"content": text} if text or logprobs else {})
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        return sse({**base, "choices": [choice]})
+
+    try:
+        for choice in gen.choices:
+            if chat:
+                yield chunk(choice.index, "", None, None, role=True)
+            elif valid.echo:
+                yield chunk(choice.index, _prompt_text(gen, choice.index // n), None, None)
+        async for prompt_index, out in gen.outputs():
+            _raise_if_failed(out)
+            for c in out.outputs:
+                index = prompt_index * n + c.index
+                logprobs = None
+                if formatter is not None and c.logprobs:
+                    if chat:
+                        logprobs = {"content": formatter.chat(c.logprobs)}
+                    else:
+                        logprobs, offsets[index] = formatter.completion(c.logprobs, offsets[index])
+                if c.text or logprobs is not None:
+                    yield chunk(index, c.text, logprobs, None)
+                if c.finish_reason is not None:
+                    yield chunk(index, "", None, FINISH_REASONS[c.finish_reason])
+        if valid.include_usage:
+            yield sse({**base, "choices": [], "usage": gen.usage().as_dict()})
+    except ServeWiseError as exc:  # the engine failed this request, or died: tell the client in-band
+        yield sse(error_body(exc.message, exc.openai_type, code=exc.error_type))
+    yield DONE

@@ -1,0 +1,153 @@
+"""The OpenAI endpoints: chat completions, completions, models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from servewise.errors import ModelNotFoundError, PayloadTooLargeError
+from servewise.server.generation import Generation, full_response, stream_response
+from servewise.server.protocol import ChatCompletionRequest, CompletionRequest
+from servewise.server.request_log import log_finished
+from servewise.server.state import ServerState
+from servewise.server.validation import ValidGeneration, parse_body, parse_chat, parse_completion
+
+router = APIRouter()
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.servewise  # type: ignore[no-any-return]
+
+
+def request_id(request: Request) -> str:
+    return request.scope["state"]["request_id"]  # type: ignore[no-any-return]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    arrival_s = time.monotonic()
+    state = get_state(request)
+    engine = state.require_engine()
+    body = parse_body(ChatCompletionRequest, await read_body(request, state.config.max_body_bytes))
+    valid = parse_chat(body, engine.tokenizer, engine.model_info.name, state.config)
+    return await _generate(request, state, valid, arrival_s, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    arrival_s = time.monotonic()
+    state = get_state(request)
+    engine = state.require_engine()
+    body = parse_body(CompletionRequest, await read_body(request, state.config.max_body_bytes))
+    valid = parse_completion(body, engine.tokenizer, engine.model_info.name, state.config)
+    return await _generate(request, state, valid, arrival_s, "completions")
+
+
+async def _generate(request: Request, state: ServerState, valid: ValidGeneration, arrival_s: float,
+                    endpoint: str) -> Response:
+    engine = state.require_engine()
+    for prompt in valid.prompts:  # 400 before anything is queued or streamed
+        engine.engine.validate_prompt(prompt, valid.params)
+    rid = request_id(request)
+    internal = uuid.uuid4().hex
+    gen = Generation(engine, valid, rid, arrival_s, [f"{internal}-{i}" for i in range(len(valid.prompts))])
+    formatter = state.formatter if valid.want_logprobs else None
+    created = int(time.time())
+    headers = {"X-Request-Id": rid}
+    if valid.stream:
+        async def body() -> Any:
+            status = "ok"
+            try:
+                async for data in stream_response(gen, created, state.fingerprint, formatter):
+                    yield data
+            except BaseException:
+                status = "disconnected"
+                raise
+            finally:
+                _finished(state, gen, endpoint, status)
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache"})
+    task = asyncio.create_task(full_response(gen, created, state.fingerprint, formatter))
+    status = "error"
+    try:
+        result = await _until_disconnect(request, task)
+        status = "ok" if result is not None else "disconnected"
+    finally:
+        _finished(state, gen, endpoint, status)
+    if result is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    return JSONResponse(result, headers=headers)
+
+
+async def _until_disconnect(request: Request, task: asyncio.Task[dict[str, Any]]) -> dict[str, Any] | None:
+    """Await the task; if the client disconnects first, cancel it (aborting its engine requests)."""
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+def _finished(state: ServerState, gen: Generation, endpoint: str, status: str) -> None:
+    if state.metrics is not None:
+        for result in gen.results:
+            if result.timings is not None:
+                state.metrics.observe_request(result.timings, [c.token_times_s for c in result.outputs])
+        for reason in gen.finish_reasons():
+            state.metrics.count_success(reason)
+    if state.config.log_requests:
+        log_finished(gen, endpoint, status)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    state = get_state(request)
+    engine = state.require_engine()
+    return JSONResponse({"object": "list", "data": [_model_card(engine.model_info)]})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> JSONResponse:
+    engine = get_state(request).require_engine()
+    if model_id != engine.model_info.name:
+        raise ModelNotFoundError(f"the model {model_id!r} does not exist", param="model", code="model_not_found")
+    return JSONResponse(_model_card(engine.model_info))
+
+
+def _model_card(info: Any) -> dict[str, Any]:
+    return {"id": info.name, "object": "model", "created": 0, "owned_by": "servewise",
+            "max_model_len": info.max_model_len}
