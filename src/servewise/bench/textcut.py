@@ -16,8 +16,9 @@ from servewise.bench.tokenizer import TokenCounter
 
 log = logging.getLogger("servewise.bench")
 
-# Topped onto a passage whose next word would overshoot: one token in common BPE vocabularies.
-FILLER_WORD = " the"
+# Topped onto a passage whose next word would overshoot; tried in turn until one adds
+# exactly one token each (" the" does in common BPE vocabularies).
+FILLER_WORDS = (" the", " a", " I", ".")
 CALIBRATION_WORDS = 2000  # words of the corpus counted once to learn tokens per word
 ESTIMATE_STEPS = 3  # steps guided by tokens per word before plain bisection
 MAX_STEPS = 64
@@ -30,6 +31,8 @@ class TextCutter:
         self._words = re.findall(r"\S+\s*", corpus)  # each word with its trailing whitespace
         if len(self._words) < 2:
             raise ValueError("the corpus needs at least two words of text")
+        # A passage that wraps past the end starts a new paragraph rather than gluing two words.
+        self._words[-1] = self._words[-1].rstrip() + "\n\n"
         self._counter = counter
         self._tokens_per_word: float | None = None
 
@@ -76,16 +79,17 @@ class TextCutter:
         return await self._top_up(self.passage(start_word, lo_words), lo_tokens, num_tokens)
 
     async def _top_up(self, base: str, base_tokens: int, num_tokens: int) -> tuple[str, int]:
-        num_fillers = num_tokens - base_tokens
         best: tuple[str, int] = (base, base_tokens)
-        for _ in range(4):
-            text = (base + FILLER_WORD * num_fillers).lstrip()
-            count = await self._counter.count(text)
-            if abs(count - num_tokens) < abs(best[1] - num_tokens):
-                best = (text, count)
-            if count == num_tokens:
-                return best
-            num_fillers = max(0, num_fillers + num_tokens - count)
+        for filler in FILLER_WORDS:
+            num_fillers = num_tokens - base_tokens
+            for _ in range(3):
+                text = (base + filler * num_fillers).lstrip()
+                count = await self._counter.count(text)
+                if abs(count - num_tokens) < abs(best[1] - num_tokens):
+                    best = (text, count)
+                if count == num_tokens:
+                    return best
+                num_fillers = max(0, num_fillers + num_tokens - count)
         log.debug("no passage of exactly %d tokens; using %d", num_tokens, best[1])
         return best
 
