@@ -39,6 +39,7 @@ class FakeBehaviour:
     error_after_tokens: int | None = None  # after this many tokens: an SSE error event, then [DONE]
     drop_after_tokens: int | None = None  # after this many tokens: cut the connection
     omit_done: bool = False  # end the body cleanly without finish_reason, usage or [DONE]
+    send_usage: bool = True  # answer stream_options.include_usage with a usage chunk
 
 
 def directive(**fields: Any) -> str:
@@ -72,7 +73,7 @@ class _Chunks:
     error: bytes = b'event: error\ndata: {"error":{"message":"scripted stream error","type":"server_error"}}\n\n'
 
 
-def _chunks(body: dict[str, Any], chat: bool, model: str, num_tokens: int) -> _Chunks:
+def _chunks(body: dict[str, Any], chat: bool, model: str, num_tokens: int, send_usage: bool) -> _Chunks:
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(choice: dict[str, Any], usage: dict[str, int] | None = None) -> bytes:
@@ -90,7 +91,7 @@ def _chunks(body: dict[str, Any], chat: bool, model: str, num_tokens: int) -> _C
     num_prompt = fake_token_count(_request_text(body))
     usage = {"prompt_tokens": num_prompt, "completion_tokens": num_tokens,
              "total_tokens": num_prompt + num_tokens}
-    wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    wants_usage = send_usage and bool((body.get("stream_options") or {}).get("include_usage"))
     return _Chunks(role=chunk({"delta": {"role": "assistant", "content": ""}, "finish_reason": None})
                    if chat else None,
                    token=chunk(content(" tok")), finish=chunk(content("", "length")),
@@ -106,8 +107,9 @@ class FakeOpenAIServer:
     port: int = 0
     max_model_len: int = 4096  # reported by /tokenize
     received: list[dict[str, Any]] = field(default_factory=list)  # request bodies, in arrival order
+    received_auth: list[str | None] = field(default_factory=list)  # their Authorization headers
     record_bodies: bool = True  # off for capacity runs, where keeping bodies costs memory
-    _runner: web.AppRunner | None = None
+    _runner: web.AppRunner | None = field(default=None, repr=False)
 
     @property
     def root_url(self) -> str:
@@ -125,7 +127,8 @@ class FakeOpenAIServer:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/health", self._ready)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Stopping cancels scripted sleeps (a request the client timed out on) instead of waiting.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
         await site.start()
@@ -162,6 +165,7 @@ class FakeOpenAIServer:
         body = await request.json()
         if self.record_bodies:
             self.received.append(body)
+            self.received_auth.append(request.headers.get("Authorization"))
         behaviour = self.behaviour_for(body)
         if behaviour.status != 200:
             headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else None
@@ -169,7 +173,7 @@ class FakeOpenAIServer:
                                                 "code": behaviour.status}},
                                      status=behaviour.status, headers=headers)
         num_tokens = behaviour.num_tokens if behaviour.num_tokens is not None else int(body.get("max_tokens", 16))
-        chunks = _chunks(body, chat, self.model, num_tokens)
+        chunks = _chunks(body, chat, self.model, num_tokens, behaviour.send_usage)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         if chunks.role:
