@@ -20,7 +20,8 @@ from servewise.bench.records import Outcome, RequestRecord
 from servewise.bench.results import BenchResult, PointResult
 
 DPI = 100
-TIMELINE_BIN_S = 1.0
+# Throughput bins of the timeline: about this many over the run, each 0.1 s to 1 s wide.
+TIMELINE_NUM_BINS = 60
 
 
 def write_charts(result: BenchResult, out_dir: str | Path) -> list[Path]:
@@ -95,13 +96,15 @@ def _cdf(result: BenchResult, fig: Figure, name: str, values_of: Callable[[Point
 
 def _timeline(result: BenchResult, fig: Figure) -> None:
     top, bottom = fig.subplots(2, 1, sharex=True)
+    run_end_s = max((p.started_s + r.end_s for p in result.points for r in p.records), default=1.0)
+    bin_s = min(1.0, max(0.1, run_end_s / TIMELINE_NUM_BINS))
     for point in result.points:
         offset_s = point.started_s
         ends = np.asarray([offset_s + r.end_s for r in point.records if r.outcome is Outcome.OK])
         if ends.size:
-            edges = np.arange(offset_s, ends.max() + TIMELINE_BIN_S, TIMELINE_BIN_S)
-            counts, _ = np.histogram(ends, bins=edges) if edges.size > 1 else (np.asarray([ends.size]), None)
-            top.step(edges[: counts.size], counts / TIMELINE_BIN_S, where="post", label=point.load.label)
+            edges = np.arange(offset_s, ends.max() + 2 * bin_s, bin_s)
+            counts, _ = np.histogram(ends, bins=edges)
+            top.step(edges[:-1], counts / bin_s, where="post", label=point.load.label)
         times, in_flight = in_flight_timeline(point.records)
         bottom.step([offset_s + t for t in times], in_flight, where="post", label=point.load.label)
         for ax in (top, bottom):

@@ -40,8 +40,8 @@ async def run_benchmark_async(config: BenchConfig, progress: ProgressSink | None
         for index, point in enumerate(config.load.points):
             requests, arrivals = await _prepare_point(index, point, config.load, workload)
             bodies = [build_body(r.messages, r.max_tokens, model, config.target) for r in requests]
-            sender = _Sender(client, requests, bodies, progress)
             progress.point_started(point.label, _expected_total(config.load, arrivals))
+            sender = _Sender(client, requests, bodies, progress)
             if arrivals is not None:
                 records = await _open_loop(sender, arrivals, config.load)
             else:
@@ -99,9 +99,7 @@ class _Sender:
         self._requests = requests
         self._bodies = bodies
         self._progress = progress
-        self.origin_s = time.perf_counter()  # the point's t = 0 on the perf_counter clock
-
-    def start_clock(self) -> None:
+        # The point's t = 0 on the perf_counter clock: built right before the first send.
         self.origin_s = time.perf_counter()
 
     async def send(self, index: int, scheduled_s: float, warmup: bool,
@@ -122,7 +120,6 @@ class _Sender:
 async def _open_loop(sender: _Sender, arrivals: list[float], load: LoadConfig) -> list[RequestRecord]:
     semaphore = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
     tasks = []
-    sender.start_clock()
     for index, at_s in enumerate(arrivals):
         delay_s = sender.origin_s + at_s - time.perf_counter()
         if delay_s > 0:
@@ -135,7 +132,6 @@ async def _closed_loop(sender: _Sender, concurrency: int, load: LoadConfig) -> l
     """``concurrency`` workers, each sending its next request as soon as its last one ends."""
     records: list[RequestRecord] = []
     next_index = num_measured = 0
-    sender.start_clock()
 
     async def worker() -> None:
         nonlocal next_index, num_measured
