@@ -65,9 +65,25 @@ def test_model_path_goes_through_servewise_loading(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(loading, "load_checkpoint", lambda path: calls.append(path) or FakeCheckpoint,
                         raising=False)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
     counter = LocalTokenCounter.from_path(str(tmp_path / "model.gguf"))
     assert counter.count_now("three word text") == 3
     assert calls == [str(tmp_path / "model.gguf")]
+
+
+def test_bad_tokenizer_paths_are_setup_errors(monkeypatch, tmp_path):
+    from servewise import loading
+
+    with pytest.raises(BenchSetupError, match="no tokenizer or model"):
+        LocalTokenCounter.from_path(str(tmp_path / "missing.json"))
+
+    def broken_loader(path):
+        raise RuntimeError("not a model")
+
+    monkeypatch.setattr(loading, "load_checkpoint", broken_loader, raising=False)
+    (tmp_path / "model.gguf").write_bytes(b"junk")
+    with pytest.raises(BenchSetupError, match="not a model"):
+        LocalTokenCounter.from_path(str(tmp_path / "model.gguf"))
 
 
 def test_approx_counter_is_four_characters_a_token():

@@ -69,6 +69,8 @@ class LocalTokenCounter:
     def from_path(cls, path: str) -> LocalTokenCounter:
         """A ``tokenizer.json``, a directory holding one, or a model path for servewise.loading."""
         target = Path(path)
+        if not target.exists():
+            raise BenchSetupError(f"no tokenizer or model at {path}")
         if target.is_dir() and (target / "tokenizer.json").is_file():
             target = target / "tokenizer.json"
         if target.suffix == ".json":
@@ -97,7 +99,10 @@ def _load_model_tokenizer(path: str) -> Any:
     if load_checkpoint is None:
         raise BenchSetupError(f"cannot load a tokenizer from {path}: this build has no "
                               "servewise.loading.load_checkpoint; pass a tokenizer.json instead")
-    return load_checkpoint(path).tokenizer
+    try:
+        return load_checkpoint(path).tokenizer
+    except Exception as exc:  # any loader failure is a setup problem of this one flag
+        raise BenchSetupError(f"cannot load a tokenizer from {path}: {exc}") from exc
 
 
 def _encoder_of(tokenizer: Any) -> Callable[[str], Any]:
