@@ -9,7 +9,8 @@ from servewise.bench.cli import build_run_parser, config_from_args, main
 from servewise.bench.fake_server import FakeBehaviour, FakeOpenAIServer, FakeServerThread
 from servewise.bench.schedule import LoadMode
 from servewise.bench.workloads import WorkloadKind
-from tests.bench.factories import DATA_DIR
+
+from .factories import DATA_DIR
 
 
 @pytest.fixture()

@@ -9,7 +9,8 @@ import pytest
 from servewise.bench.client import BenchClient, Endpoint, TargetConfig, build_body
 from servewise.bench.fake_server import FakeBehaviour
 from servewise.bench.records import Outcome, RequestRecord
-from tests.bench.factories import make_config, run_with_server, scripted_config, scripted_dataset
+
+from .factories import make_config, run_with_server, scripted_config, scripted_dataset
 
 TOLERANCE_S = 0.005
 

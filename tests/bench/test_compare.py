@@ -1,6 +1,7 @@
 from servewise.bench.compare import compare_results, unmatched_points
 from servewise.bench.schedule import sweep
-from tests.bench.factories import make_record, make_result
+
+from .factories import make_record, make_result
 
 
 def result_with(ttft_s, num_requests, rates):

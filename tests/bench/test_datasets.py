@@ -3,7 +3,8 @@ import json
 import pytest
 
 from servewise.bench.datasets import DatasetEntry, dataset_text, detect_format, load_dataset
-from tests.bench.factories import DATA_DIR
+
+from .factories import DATA_DIR
 
 
 def test_alpaca_seed_tasks():

@@ -3,7 +3,8 @@ import pytest
 from servewise.bench.metrics import LatencyStats, peak_in_flight, summarize
 from servewise.bench.records import Outcome
 from servewise.bench.slo import SloSpec
-from tests.bench.factories import make_record
+
+from .factories import make_record
 
 
 def test_latency_stats():

@@ -5,7 +5,8 @@ from servewise.bench.overload import check_overload
 from servewise.bench.records import Outcome
 from servewise.bench.schedule import sweep
 from servewise.bench.slo import SloSpec
-from tests.bench.factories import make_record, make_result
+
+from .factories import make_record, make_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHARTS = ("latency_vs_throughput.png", "ttft_cdf.png", "itl_cdf.png", "timeline.png")

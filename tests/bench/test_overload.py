@@ -1,7 +1,8 @@
 """--check-overload: Retry-After on shed answers, lost accepted requests, 5xx."""
 
 from servewise.bench.overload import check_overload
-from tests.bench.factories import run_with_server, scripted_config, scripted_dataset
+
+from .factories import run_with_server, scripted_config, scripted_dataset
 
 
 def run_script(tmp_path, script, **kwargs):

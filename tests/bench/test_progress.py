@@ -4,7 +4,8 @@ from rich.console import Console
 
 from servewise.bench.progress import RichProgress
 from servewise.bench.records import Outcome
-from tests.bench.factories import make_record
+
+from .factories import make_record
 
 
 def test_rich_progress_shows_counts_and_rates():

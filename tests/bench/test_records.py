@@ -1,5 +1,6 @@
 from servewise.bench.records import Outcome, RequestRecord, outcome_for_status
-from tests.bench.factories import make_record
+
+from .factories import make_record
 
 
 def test_status_outcomes():

@@ -3,7 +3,8 @@ import io
 from rich.console import Console
 
 from servewise.bench.report import fmt_ms, print_summary, render_report, summary_rows
-from tests.bench.test_output import sweep_result
+
+from .test_output import sweep_result
 
 
 def test_summary_rows_and_terminal_table_agree():

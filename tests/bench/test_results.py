@@ -5,7 +5,8 @@ import pytest
 from servewise.bench.results import SCHEMA_VERSION, BenchResult
 from servewise.bench.schedule import sweep
 from servewise.bench.slo import SloSpec
-from tests.bench.factories import make_config, run_with_server, scripted_config, scripted_dataset
+
+from .factories import make_config, run_with_server, scripted_config, scripted_dataset
 
 
 def test_results_json_round_trip(tmp_path):

@@ -9,7 +9,8 @@ from servewise.bench.distributions import parse_length
 from servewise.bench.fake_server import FakeBehaviour
 from servewise.bench.schedule import sweep
 from servewise.bench.slo import SloSpec
-from tests.bench.factories import make_config, run_with_server, scripted_config, scripted_dataset
+
+from .factories import make_config, run_with_server, scripted_config, scripted_dataset
 
 
 def test_open_loop_sends_on_schedule():

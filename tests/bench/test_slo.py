@@ -2,7 +2,8 @@ import pytest
 
 from servewise.bench.records import Outcome
 from servewise.bench.slo import SloSpec, parse_duration_s, parse_slo
-from tests.bench.factories import make_record
+
+from .factories import make_record
 
 
 def test_parse_slo_with_units():

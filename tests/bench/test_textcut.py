@@ -10,7 +10,8 @@ from servewise.bench.corpus import BUILTIN_CORPUS
 from servewise.bench.fake_server import FakeOpenAIServer, fake_token_count
 from servewise.bench.textcut import TextCutter
 from servewise.bench.tokenizer import LocalTokenCounter, ServerTokenCounter
-from tests.bench.factories import write_tiny_tokenizer
+
+from .factories import write_tiny_tokenizer
 
 # Short, odd, and longer than the whole corpus (passages wrap around its end).
 LENGTHS = [1, 2, 3, 7, 31, 100, 257, 1000, 2500]

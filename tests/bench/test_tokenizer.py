@@ -11,7 +11,8 @@ from servewise.bench.tokenizer import (
     ServerTokenCounter,
     resolve_token_counter,
 )
-from tests.bench.factories import write_tiny_tokenizer
+
+from .factories import write_tiny_tokenizer
 
 
 def test_server_counter_uses_tokenize_at_the_server_root():

@@ -10,7 +10,8 @@ from servewise.bench.distributions import parse_length
 from servewise.bench.fake_server import FakeOpenAIServer, fake_token_count
 from servewise.bench.tokenizer import ApproxTokenCounter, ServerTokenCounter
 from servewise.bench.workloads import Workload, WorkloadConfig, WorkloadKind
-from tests.bench.factories import DATA_DIR
+
+from .factories import DATA_DIR
 
 
 def build_with_server(config, num_requests, seed=0):
