@@ -46,13 +46,6 @@ class LoadPoint:
             return f"concurrency={self.concurrency}"
         return "rate=inf" if self.is_max_throughput else f"rate={self.rate_per_s:g}/s"
 
-    @property
-    def x_value(self) -> float:
-        """The point's position on a sweep axis (rate or concurrency)."""
-        if self.mode is LoadMode.CLOSED_LOOP:
-            return float(self.concurrency or 0)
-        return float(self.rate_per_s or 0.0)
-
     def to_dict(self) -> dict[str, Any]:
         rate = None if self.rate_per_s is None else ("inf" if self.is_max_throughput else self.rate_per_s)
         return {"mode": self.mode.value, "rate_per_s": rate, "concurrency": self.concurrency, "label": self.label}
