@@ -1,0 +1,1 @@
+"""Tests of the load tester (servewise.bench); they mirror src/servewise/bench."""
