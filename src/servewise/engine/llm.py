@@ -34,10 +34,7 @@ class LLM:
     def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None
                  ) -> list[GenerationResult]:
         """Complete each prompt (text, or token ids); results come back in prompt order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        token_lists = [self.tokenizer.encode(p) if isinstance(p, str) else list(p)
-                       for p in prompts]  # type: ignore[union-attr]
+        token_lists = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in _prompt_list(prompts)]
         return self._run(token_lists, params or SamplingParams())
 
     def chat(self, messages: Sequence[Message] | Sequence[Sequence[Message]],
@@ -63,6 +60,15 @@ class LLM:
                     if out.finished:
                         pending.discard(out.request_id)
         return [b.result for b in builders.values()]
+
+
+def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    items = list(prompts)
+    if items and all(isinstance(x, int) for x in items):
+        return [items]  # type: ignore[list-item]  # one prompt given as token ids
+    return items  # type: ignore[return-value]
 
 
 def _apply_overrides(config: EngineConfig, overrides: dict[str, Any]) -> EngineConfig:

