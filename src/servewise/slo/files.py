@@ -99,6 +99,8 @@ def parse_fraction(value: Any) -> float:
         fraction = float(value)
     else:
         raise ValueError(f"expected a percentage like 99.5% or a fraction like 0.995, got {value!r}")
+    if not isinstance(value, str) and fraction > 1.0:
+        raise ValueError(f"a bare number is a fraction in (0, 1); write a percentage with %, like '{value}%'")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"must be strictly between 0 and 1 (0% and 100%), got {value!r}")
     return fraction
