@@ -56,10 +56,12 @@ class CostModelConfig:
     prior_step_overhead_s: float = 0.02  # a
     prior_prefill_s_per_token: float = 0.001  # b
     prior_decode_s_per_token: float = 0.003  # c
-    prior_weight_steps: float = 1.0  # the prior counts as this many steps of the reference shape
+    # The prior counts as this many steps of the reference shape: enough to pin directions the data
+    # never excites, small enough not to bias the ones it does (~1% after a few hundred steps).
+    prior_weight_steps: float = 0.1
     reference_prefill_tokens: int = 256  # reference step shape that scales the prior's weight
     reference_decode_tokens: int = 16
-    forgetting_factor: float = 0.99  # λ per step; the fit remembers ~1/(1-λ) steps
+    forgetting_factor: float = 0.995  # λ per step; the fit remembers ~1/(1-λ) = 200 steps
     max_step_overhead_s: float = 10.0  # clamp of a
     max_s_per_token: float = 1.0  # clamp of b and c
 
