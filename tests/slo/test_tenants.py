@@ -138,3 +138,10 @@ def test_lookup_compares_every_key_in_constant_time(monkeypatch, presented, tena
     # every stored key is compared, whichever matched, and always 32-byte digest against 32-byte digest,
     # so the work does not depend on where (or whether) the presented key differs
     assert counting.calls == [(32, 32)] * 100
+
+
+def test_no_keys_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no API keys"):
+        parse_api_keys(" , ")
+    with pytest.raises(ConfigError, match="no API keys"):
+        load_api_keys(write_yaml(tmp_path, "keys: {}\n"))

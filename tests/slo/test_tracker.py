@@ -124,6 +124,12 @@ def test_metric_samples(clock):
                    for name, labels in samples)
 
 
+def test_outcome_may_be_its_label(clock):
+    tracker = SLOTracker(make_config(), clock=clock)
+    assert tracker.record("interactive", "success", ttft_s=0.1) is True
+    assert tracker.window_stats("interactive", "1m").counts.num_success == 1
+
+
 def test_unknown_class_is_a_bug(clock):
     with pytest.raises(ValueError, match="unknown SLO class"):
         SLOTracker(make_config(), clock=clock).record("gold", Outcome.SUCCESS)

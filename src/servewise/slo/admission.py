@@ -13,7 +13,8 @@ Prediction of a new request's TTFT, before it is queued:
   ``ttft ≈ n·(a + c·D) + b·(ahead + prompt)``.
 
 Not modelled: prefix-cache hits (the whole prompt counts), decodes that start while
-the request waits, and a full running batch (``max_num_seqs``) holding it back.
+the request waits, the rest of the step in progress, and a full running batch
+(``max_num_seqs``) holding it back.
 Prediction error is measured (``observe_ttft``) so these show up on the dashboard.
 
 Decision (first that applies): request cap, token cap, max queue wait, TTFT target

@@ -46,6 +46,7 @@ class StepTiming(Protocol):
 
 
 if TYPE_CHECKING:
+    # mypy checks here that the engine's StepRecord still satisfies StepTiming.
     def _step_record_fits(record: StepRecord) -> StepTiming:
         return record
 

@@ -100,6 +100,8 @@ class RateLimiter:
 
         RateLimitError (429) names the limit with the longest wait and carries that wait;
         InvalidRequestError (400) when ``tokens`` exceed the tenant's whole per-minute budget."""
+        if tokens < 0:
+            raise ValueError(f"tokens must be ≥ 0, got {tokens}")
         now = self._clock()
         state = self._state(tenant, now)
         lim = state.limits

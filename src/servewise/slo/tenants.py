@@ -184,6 +184,8 @@ def api_keys_from_mapping(data: Any, source: str) -> ApiKeyStore:
     root = require_mapping(data, source, "(top level)")
     check_known_keys(root, frozenset({"keys"}), source, "")
     keys = require_mapping(root.get("keys"), source, "keys")
+    if not keys:
+        raise ConfigError(source, "keys", "no API keys defined")
     entries = []
     for i, (key, raw) in enumerate(keys.items()):
         path = f"keys[{i}]."  # the key itself is a secret: never in an error message
@@ -213,4 +215,6 @@ def parse_api_keys(text: str, source: str = "SERVEWISE_API_KEYS") -> ApiKeyStore
         if not key.strip():
             raise ConfigError(source, path.rstrip("."), "empty API key")
         entries.append((key.strip(), path, _tenant_fields(raw, source, path)))
+    if not entries:
+        raise ConfigError(source, "(value)", "no API keys defined")
     return _build_store(entries, source)

@@ -115,6 +115,7 @@ class SLOTracker:
         entry = self._classes.get(slo_class)
         if entry is None:
             raise ValueError(f"unknown SLO class {slo_class!r}; known: {sorted(self._classes)}")
+        outcome = Outcome(outcome)  # a plain "success" string works too
         met = outcome is Outcome.SUCCESS and entry.slo.is_met(ttft_s, tpot_s, e2e_s)
         ttft = ttft_s if ttft_s is not None else e2e_s
         ttft_met = ttft is None or entry.slo.ttft_s is None or ttft <= entry.slo.ttft_s
@@ -138,10 +139,10 @@ class SLOTracker:
                 c.num_client_error += 1
         return met
 
-    def window_stats(self, slo_class: str, window: str) -> WindowStats:
+    def window_stats(self, slo_class: str, window: str, now_s: float | None = None) -> WindowStats:
         entry = self._classes[slo_class]
         ring = entry.rings[window]
-        now = self._clock()
+        now = self._clock() if now_s is None else now_s
         counts, bins = ring.totals(now)
         span_s = max(ring.span_s(now, self._started_s), 1e-9)
         slo = entry.slo
@@ -161,22 +162,24 @@ class SLOTracker:
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready state of every class and window (``GET /v1/slo``)."""
+        now = self._clock()  # one instant for the whole snapshot
         classes: dict[str, Any] = {}
         for name, entry in self._classes.items():
             s = entry.slo
             classes[name] = {
                 "targets": {"ttft_s": s.ttft_s, "ttft_percentile": s.ttft_percentile, "tpot_s": s.tpot_s,
                             "e2e_s": s.e2e_s, "availability": s.availability, "priority": s.priority},
-                "windows": {w: _json_safe(self.window_stats(name, w).to_dict()) for w in entry.rings},
+                "windows": {w: _json_safe(self.window_stats(name, w, now).to_dict()) for w in entry.rings},
             }
-        return {"time_s": self._clock(), "classes": classes}
+        return {"time_s": now, "classes": classes}
 
     def metric_samples(self) -> Iterator[MetricSample]:
         """Gauges: attainment per class and window (skipped while nothing was served), goodput over
         ``goodput_window``, error budget remaining over ``budget_window``, burn rate per window."""
+        now = self._clock()
         for name, entry in self._classes.items():
             for window in entry.rings:
-                stats = self.window_stats(name, window)
+                stats = self.window_stats(name, window, now)
                 labels = {"slo_class": name, "window": window}
                 if stats.attainment_ratio is not None:
                     yield MetricSample(PREFIX + "slo_attainment_ratio", labels, stats.attainment_ratio)
