@@ -213,7 +213,8 @@ def gguf_name(hf_name: str) -> str:
     return f"blk.{layer}.{_GGUF_LAYER_NAMES[rest]}"
 
 
-def _gguf_tokenizer_metadata(writer: Any, chat_template: bool) -> None:
+def _gguf_tokenizer_metadata(writer: Any, chat_template: bool) -> dict[str, Any]:
+    """Writes the token arrays; returns the scalar tokenizer keys for the caller to write."""
     import gguf
 
     tokenizer = train_tiny_tokenizer()
@@ -221,17 +222,13 @@ def _gguf_tokenizer_metadata(writer: Any, chat_template: bool) -> None:
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     types = [gguf.TokenType.CONTROL if i < len(SPECIAL_TOKENS) else gguf.TokenType.NORMAL for i in range(len(tokens))]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    scalars = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default", "tokenizer.ggml.bos_token_id": BOS_ID,
+               "tokenizer.ggml.eos_token_id": IM_END_ID, "tokenizer.ggml.padding_token_id": PAD_ID,
+               "tokenizer.ggml.add_bos_token": False, "tokenizer.chat_template": CHATML_TEMPLATE if chat_template else None}
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(IM_END_ID)
-    writer.add_pad_token_id(PAD_ID)
-    writer.add_add_bos_token(False)
-    if chat_template:
-        writer.add_chat_template(CHATML_TEMPLATE)
+    return scalars
 
 
 def _add_gguf_tensor(writer: Any, name: str, value: np.ndarray, type_name: str) -> None:
@@ -246,17 +243,34 @@ def _add_gguf_tensor(writer: Any, name: str, value: np.ndarray, type_name: str) 
         writer.add_tensor(name, gguf.quants.quantize(value.astype(np.float32), qtype), raw_dtype=qtype)
 
 
+def _write_metadata(writer: Any, metadata: dict[str, Any]) -> None:
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_string(key, str(value))
+
+
 def write_tiny_gguf(path: str | Path, *, tensor_types: Sequence[str] = ("Q4_0", "Q4_1", "Q8_0", "F16", "F32", "BF16"),
                     architecture: str = "llama", seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
                     num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 128,
                     context_length: int = 512, tie_word_embeddings: bool = False, chat_template: bool = True,
-                    rope_freqs: np.ndarray | None = None) -> Path:
+                    rope_freqs: np.ndarray | None = None, metadata: dict[str, Any] | None = None,
+                    drop_tensors: Sequence[str] = ()) -> Path:
     """A tiny llama (or qwen2) GGUF written with gguf.GGUFWriter, the tiny tokenizer included.
 
     The 2-D weights of `tiny_weights(seed=seed, ...)` take the GGML types of `tensor_types` in
     turn (norms and biases stay F32); llama Q/K rows are permuted as llama.cpp's converter does.
     Quantized types need rows (in_features) that are a multiple of their block size (32; 256 for
-    K-quants). rope_freqs: optional llama3 rope divisors, written as rope_freqs.weight.
+    K-quants). For bad-file tests: `metadata` overrides or adds keys (None drops one; ints are
+    written as u32, floats as f32), `drop_tensors` leaves out tensors by GGUF name, and
+    `rope_freqs` writes a rope_freqs.weight tensor (llama3 rope divisors).
     """
     import gguf
 
@@ -266,18 +280,16 @@ def write_tiny_gguf(path: str | Path, *, tensor_types: Sequence[str] = ("Q4_0", 
                            num_heads=num_heads, num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
                            attention_bias=architecture == "qwen2", tie_word_embeddings=tie_word_embeddings, seed=seed)
     writer = gguf.GGUFWriter(str(path), arch=architecture)
-    writer.add_name(f"tiny-{architecture}")
-    writer.add_block_count(num_layers)
-    writer.add_context_length(context_length)
-    writer.add_embedding_length(hidden_size)
-    writer.add_feed_forward_length(intermediate_size)
-    writer.add_head_count(num_heads)
-    writer.add_head_count_kv(num_kv_heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_rope_dimension_count(hidden_size // num_heads)
-    writer.add_vocab_size(vocab_size)
-    _gguf_tokenizer_metadata(writer, chat_template)
+    a = architecture
+    tokenizer_keys = _gguf_tokenizer_metadata(writer, chat_template)
+    _write_metadata(writer, {
+        "general.name": f"tiny-{architecture}", f"{a}.block_count": num_layers, f"{a}.context_length": context_length,
+        f"{a}.embedding_length": hidden_size, f"{a}.feed_forward_length": intermediate_size,
+        f"{a}.attention.head_count": num_heads, f"{a}.attention.head_count_kv": num_kv_heads,
+        f"{a}.attention.layer_norm_rms_epsilon": 1e-5, f"{a}.rope.freq_base": 10000.0,
+        f"{a}.rope.dimension_count": hidden_size // num_heads, f"{a}.vocab_size": vocab_size, **tokenizer_keys,
+        **(metadata or {}),
+    })
     matrices = 0
     for name, tensor in weights.items():
         value = tensor.numpy()
@@ -287,7 +299,8 @@ def write_tiny_gguf(path: str | Path, *, tensor_types: Sequence[str] = ("Q4_0", 
         if value.ndim == 2:
             type_name = tensor_types[matrices % len(tensor_types)]
             matrices += 1
-        _add_gguf_tensor(writer, gguf_name(name), value, type_name)
+        if gguf_name(name) not in drop_tensors:
+            _add_gguf_tensor(writer, gguf_name(name), value, type_name)
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
     writer.write_header_to_file()
