@@ -31,6 +31,17 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+# Varied strings for tokenizer tests: digits, whitespace runs, unicode, special tokens in text.
+SAMPLE_TEXTS = [
+    "Hello world", "Hello, world!", "", " ", "  ", "\n", "\n\n\n", "\t", "a  b   c    d", "   leading spaces",
+    "trailing spaces   ", "line one\nline two\r\nline three", "tabs\tand\ttabs", "0", "42", "1234567890",
+    "3.14159 and 2.71828", "x = 1_000_000; y = -12.5e-3", "phone: +1 (555) 123-4567", "It's, they're, we'll, I'd",
+    "DON'T SHOUT", "café naïve résumé", "e\u0301 (combining acute)", "日本語のテキスト", "中文文本，标点。",
+    "한국어 텍스트", "привет мир", "مرحبا بالعالم", "emoji 😀🚀🎉", "family 👨\u200d👩\u200d👧 and flag 🇫🇷",
+    "skin tone 👍🏽", "\u00a0non-breaking\u00a0spaces", "zero\u200bwidth", "def f(x):\n    return x ** 2\n",
+    "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", "<s>[INST] question [/INST]</s>",
+    "<|im_start|", "a<|im_end|>b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "!!!???...,,,;;;", "https://example.com/a?b=c&d=e",
+]
 _HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 # The fixed text the tiny tokenizer is trained on: prose, code, digits, whitespace, unicode.
@@ -51,13 +62,28 @@ The model answers questions, writes code, and explains its reasoning step by ste
 """
 
 
-def train_tiny_tokenizer(vocab_size: int = 384) -> Any:
-    """A byte-level BPE `tokenizers.Tokenizer` trained on TRAINING_TEXT (deterministic)."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+# Qwen2's split (its tokenizer.json and transformers' Qwen2Tokenizer): digits one by one.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def train_tiny_tokenizer(vocab_size: int = 384, pre: str = "gpt2") -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on TRAINING_TEXT (deterministic).
+
+    pre: "gpt2" (GPT-2's split) or "qwen2" (NFC, then Qwen2's split), as the real models do;
+    transformers rebuilds a qwen2 model's tokenizer with Qwen2's, so the tiny one must match.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
     from tokenizers.models import BPE
 
     tokenizer = Tokenizer(BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre == "qwen2":
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -150,7 +176,7 @@ def write_tiny_hf_checkpoint(directory: str | Path, *, architecture: str = "llam
         raise ValueError(f"architecture must be one of {sorted(_HF_CLASSES)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tiny_tokenizer()
+    tokenizer = train_tiny_tokenizer(pre="qwen2" if architecture == "qwen2" else "gpt2")
     add_bos = architecture != "qwen2"
     _set_bos_post_processor(tokenizer, add_bos)
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -178,7 +204,8 @@ def write_tiny_hf_checkpoint(directory: str | Path, *, architecture: str = "llam
     _write_json(directory / "generation_config.json", {"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, IM_END_ID]})
     tokenizer_config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "<|im_end|>",
-        "pad_token": "<pad>", "add_bos_token": add_bos, "add_eos_token": False,
+        "pad_token": "<pad>", "unk_token": None,  # else Qwen2Tokenizer adds its default <|endoftext|>
+        "add_bos_token": add_bos, "add_eos_token": False,
         "clean_up_tokenization_spaces": False, "model_max_length": max_position_embeddings,
     }
     if chat_template:
@@ -213,22 +240,51 @@ def gguf_name(hf_name: str) -> str:
     return f"blk.{layer}.{_GGUF_LAYER_NAMES[rest]}"
 
 
-def _gguf_tokenizer_metadata(writer: Any, chat_template: bool) -> dict[str, Any]:
-    """Writes the token arrays; returns the scalar tokenizer keys for the caller to write."""
+def sentencepiece_vocab() -> tuple[list[str], list[float], list[int]]:
+    """A Llama-2-style vocabulary (tokens, scores, token types) trained on TRAINING_TEXT:
+    <unk> <s> </s>, the 256 <0xNN> byte tokens, then "▁"-spelled BPE pieces scored by merge rank.
+    Rare characters (CJK, emoji) are left out of the alphabet so they take the byte fallback."""
+    import gguf
+    from tokenizers import SentencePieceBPETokenizer
+
+    trained = SentencePieceBPETokenizer()
+    trained.train_from_iterator([TRAINING_TEXT] * 4, vocab_size=360, special_tokens=["<unk>", "<s>", "</s>"],
+                                limit_alphabet=90, show_progress=False)
+    vocab = json.loads(trained.to_str())["model"]["vocab"]
+    pieces = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if t not in ("<unk>", "<s>", "</s>")]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    scores = [0.0] * 259 + [-float(rank) for rank in range(len(pieces))]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + \
+        [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(pieces)
+    return tokens, scores, [int(t) for t in types]
+
+
+def _gguf_tokenizer_metadata(writer: Any, chat_template: bool, tokenizer_model: str,
+                             pre: str) -> tuple[dict[str, Any], int]:
+    """Writes the token arrays; returns the scalar tokenizer keys (for the caller to write) and
+    the vocabulary size."""
     import gguf
 
-    tokenizer = train_tiny_tokenizer()
+    if tokenizer_model == "llama":
+        tokens, scores, token_types = sentencepiece_vocab()
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(token_types)
+        return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+                "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_bos_token": True,
+                "tokenizer.ggml.add_space_prefix": True}, len(tokens)
+    tokenizer = train_tiny_tokenizer(pre=pre)
     model = json.loads(tokenizer.to_str())["model"]
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     types = [gguf.TokenType.CONTROL if i < len(SPECIAL_TOKENS) else gguf.TokenType.NORMAL for i in range(len(tokens))]
-    scalars = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default", "tokenizer.ggml.bos_token_id": BOS_ID,
+    scalars = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2" if pre == "qwen2" else "default", "tokenizer.ggml.bos_token_id": BOS_ID,
                "tokenizer.ggml.eos_token_id": IM_END_ID, "tokenizer.ggml.padding_token_id": PAD_ID,
                "tokenizer.ggml.add_bos_token": False, "tokenizer.chat_template": CHATML_TEMPLATE if chat_template else None}
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    return scalars
+    return scalars, len(tokens)
 
 
 def _add_gguf_tensor(writer: Any, name: str, value: np.ndarray, type_name: str) -> None:
@@ -262,7 +318,7 @@ def write_tiny_gguf(path: str | Path, *, tensor_types: Sequence[str] = ("Q4_0", 
                     num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 128,
                     context_length: int = 512, tie_word_embeddings: bool = False, chat_template: bool = True,
                     rope_freqs: np.ndarray | None = None, metadata: dict[str, Any] | None = None,
-                    drop_tensors: Sequence[str] = ()) -> Path:
+                    drop_tensors: Sequence[str] = (), tokenizer_model: str = "gpt2") -> Path:
     """A tiny llama (or qwen2) GGUF written with gguf.GGUFWriter, the tiny tokenizer included.
 
     The 2-D weights of `tiny_weights(seed=seed, ...)` take the GGML types of `tensor_types` in
@@ -270,18 +326,19 @@ def write_tiny_gguf(path: str | Path, *, tensor_types: Sequence[str] = ("Q4_0", 
     Quantized types need rows (in_features) that are a multiple of their block size (32; 256 for
     K-quants). For bad-file tests: `metadata` overrides or adds keys (None drops one; ints are
     written as u32, floats as f32), `drop_tensors` leaves out tensors by GGUF name, and
-    `rope_freqs` writes a rope_freqs.weight tensor (llama3 rope divisors).
+    `rope_freqs` writes a rope_freqs.weight tensor (llama3 rope divisors). tokenizer_model:
+    "gpt2" (the byte-level BPE of `train_tiny_tokenizer`) or "llama" (`sentencepiece_vocab`).
     """
     import gguf
 
     path = Path(path)
-    vocab_size = train_tiny_tokenizer().get_vocab_size()
+    writer = gguf.GGUFWriter(str(path), arch=architecture)
+    tokenizer_keys, vocab_size = _gguf_tokenizer_metadata(writer, chat_template, tokenizer_model,
+                                                          "qwen2" if architecture == "qwen2" else "gpt2")
     weights = tiny_weights(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
                            num_heads=num_heads, num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
                            attention_bias=architecture == "qwen2", tie_word_embeddings=tie_word_embeddings, seed=seed)
-    writer = gguf.GGUFWriter(str(path), arch=architecture)
     a = architecture
-    tokenizer_keys = _gguf_tokenizer_metadata(writer, chat_template)
     _write_metadata(writer, {
         "general.name": f"tiny-{architecture}", f"{a}.block_count": num_layers, f"{a}.context_length": context_length,
         f"{a}.embedding_length": hidden_size, f"{a}.feed_forward_length": intermediate_size,
