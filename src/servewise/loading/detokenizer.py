@@ -11,6 +11,10 @@ emits the difference once it grows and does not end in U+FFFD (an incomplete UTF
 multi-byte character split over byte-level or byte-fallback tokens). Decoding a window that starts
 one chunk back keeps decoders that look at their neighbours right: SentencePiece's
 "strip the leading space" applies to the window's first token in both decodes alike.
+
+Limit (shared with DecodeStream): SentencePiece's ByteFallback decoder turns every byte of an
+invalid byte-token run into U+FFFD, so a valid byte already emitted can decode differently once
+an invalid continuation follows; pieces then differ from decode(ids) for such garbage output.
 """
 
 from __future__ import annotations
