@@ -120,6 +120,7 @@ def test_linear_rope_scaling_from_metadata(tmp_path: Path) -> None:
     (dict(metadata={"tokenizer.ggml.pre": "made-up"}), "unsupported pre-tokenizer 'made-up'"),
     (dict(metadata={"tokenizer.ggml.eos_token_id": 100000}), "is not a token id"),
     (dict(rope_freqs=np.linspace(1, 3, 8)), "does not match llama3 rope scaling"),
+    (dict(metadata={"split.count": 3}), "split into 3 files"),
 ])
 def test_inconsistent_files_are_refused(tmp_path: Path, kwargs: dict, fragment: str) -> None:
     path = write_tiny_gguf(tmp_path / "bad.gguf", **kwargs)

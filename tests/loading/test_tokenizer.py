@@ -99,3 +99,8 @@ def test_token_lookup(tiny_dirs: dict[str, Path]) -> None:
     assert tokenizer.token_to_id("<|im_end|>") == 3 and tokenizer.id_to_token(3) == "<|im_end|>"
     assert tokenizer.token_to_id("no such token") is None and tokenizer.id_to_token(10**6) is None
     assert tokenizer.token_bytes(3) == b"<|im_end|>"
+    for bad in (-1, tokenizer.vocab_size, 2**40):
+        with pytest.raises(InvalidRequestError, match="out of range"):
+            tokenizer.decode([5, bad])
+        with pytest.raises(InvalidRequestError, match="out of range"):
+            tokenizer.new_decode_stream().step(bad)

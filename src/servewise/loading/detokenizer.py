@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import tokenizers
 
+from servewise.errors import InvalidRequestError
+
 _REPLACEMENT_CHAR = "\ufffd"
 
 
 class IncrementalDetokenizer:
     """Feed ids with `step`; the pieces it returns, plus `flush()`, concatenate to `decode(ids)`."""
 
-    def __init__(self, backend: tokenizers.Tokenizer, skip_special_tokens: bool = True) -> None:
+    def __init__(self, backend: tokenizers.Tokenizer, skip_special_tokens: bool = True,
+                 vocab_size: int | None = None) -> None:
         self._backend = backend
+        self._vocab_size = backend.get_vocab_size(with_added_tokens=True) if vocab_size is None else vocab_size
         self._skip_special_tokens = skip_special_tokens
         self._ids: list[int] = []
         self._prefix_offset = 0  # start of the last emitted chunk
@@ -43,6 +47,8 @@ class IncrementalDetokenizer:
 
     def step(self, token_id: int) -> str | None:
         """Add one token; return the new text, or None while a character is incomplete."""
+        if not 0 <= token_id < self._vocab_size:
+            raise InvalidRequestError(f"token id {token_id} is out of range [0, {self._vocab_size})")
         self._ids.append(token_id)
         prefix_text = self._decode(self._prefix_offset, self._read_offset)
         new_text = self._decode(self._prefix_offset)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import numpy as np
@@ -108,9 +108,14 @@ class GGUFFile:
     alignment_bytes: int
     file_size_bytes: int
 
+    _mapping: np.memmap | None = field(default=None, repr=False)  # the whole file, mapped on first use
+
     def tensor_bytes(self, info: GGUFTensorInfo) -> np.ndarray:
-        """The raw bytes of one tensor as a uint8 copy-on-write memmap (no read until touched)."""
-        return np.memmap(self.path, dtype=np.uint8, mode="c", offset=info.offset_bytes, shape=(info.num_bytes,))
+        """The raw bytes of one tensor: a uint8 view of a copy-on-write map of the file (writable
+        for torch.from_numpy, never written back; pages are read when first touched)."""
+        if self._mapping is None:
+            self._mapping = np.memmap(self.path, dtype=np.uint8, mode="c")
+        return self._mapping[info.offset_bytes:info.offset_bytes + info.num_bytes]
 
     def error(self, problem: str) -> ModelLoadError:
         return ModelLoadError(self.path, problem)
@@ -300,7 +305,7 @@ def _place_tensors(path: str, entries: list[tuple[str, GGMLQuantizationType, tup
                                        f"of the file ({file_size} bytes); the file is truncated or corrupt")
         infos[name] = GGUFTensorInfo(name, ggml_type, dims, start, num_bytes)
     by_offset = sorted(infos.values(), key=lambda t: t.offset_bytes)
-    for before, after in zip(by_offset, by_offset[1:]):
+    for before, after in zip(by_offset, by_offset[1:], strict=False):
         if before.offset_bytes + before.num_bytes > after.offset_bytes:
             raise ModelLoadError(path, f"tensors {before.name} and {after.name} overlap")
     return infos

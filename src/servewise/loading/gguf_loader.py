@@ -75,6 +75,10 @@ def _rope_freqs(gguf: GGUFFile) -> np.ndarray | None:
 def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> Checkpoint:
     """Parse, validate and dequantize a llama/mistral/qwen2 GGUF file."""
     gguf = read_gguf(path)
+    num_splits = gguf.get_int("split.count", 1)
+    if num_splits > 1:
+        raise gguf.error(f"part of a GGUF split into {num_splits} files, which is not supported; merge it first "
+                         "(llama.cpp: llama-gguf-split --merge)")
     tokenizer = tokenizer_from_gguf(gguf)
     arch = arch_config_from_gguf(gguf, _rope_freqs(gguf))
     arch = replace(arch, bos_token_id=tokenizer.bos_token_id, eos_token_ids=tokenizer.eos_token_ids)

@@ -21,7 +21,6 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from servewise.errors import ModelLoadError
 from servewise.loading.gguf_file import GGUFFile
 from servewise.loading.tokenizer import Tokenizer, bytes_to_unicode
 
@@ -114,8 +113,8 @@ def _byte_level_bpe(gguf: GGUFFile, tokens: list[str], types: list[int]) -> toke
 def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
     """SentencePiece BPE merges: every split of a token into two tokens, best-scored token first."""
     vocab = _first_ids(tokens)
-    ranked = []
-    for token, score in zip(tokens, scores):
+    ranked: list[tuple[float, str, str]] = []
+    for token, score in zip(tokens, scores, strict=True):
         local = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
         local.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
         ranked.extend((score, left, right) for left, right in local)
@@ -162,8 +161,8 @@ def _eos_ids(gguf: GGUFFile, tokens: list[str], types: list[int]) -> list[int]:
 
 def _add_special_tokens(backend: tokenizers.Tokenizer, tokens: list[str], types: list[int],
                         named: list[str | None]) -> None:
-    special = {t for t, kind in zip(tokens, types) if kind in (_CONTROL, _UNKNOWN)} | {t for t in named if t}
-    user_defined = [t for t, kind in zip(tokens, types) if kind == _USER_DEFINED and t not in special]
+    special = {t for t, kind in zip(tokens, types, strict=True) if kind in (_CONTROL, _UNKNOWN)} | {t for t in named if t}
+    user_defined = [t for t, kind in zip(tokens, types, strict=True) if kind == _USER_DEFINED and t not in special]
     # Sorted by id, as transformers adds them; matching whole tokens in text does not depend on order.
     vocab = backend.get_vocab()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)

@@ -80,7 +80,7 @@ def _open_shards(stack: ExitStack, shards: dict[str, list[str]]) -> dict[str, tu
 
 def _read_tensor(path: str, handle: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
     try:
-        tensor = handle.get_tensor(name)
+        tensor: torch.Tensor = handle.get_tensor(name)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise ModelLoadError(path, f"cannot read tensor {name}: {exc}") from exc
     if not tensor.is_floating_point():

@@ -106,7 +106,13 @@ class Tokenizer:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        """Text of `ids`; InvalidRequestError for an id outside the vocabulary (tokenizers would
+        skip it silently, or raise OverflowError for a negative one)."""
+        id_list = list(ids)
+        if id_list and (min(id_list) < 0 or max(id_list) >= self.vocab_size):
+            bad = next(i for i in id_list if not 0 <= i < self.vocab_size)
+            raise InvalidRequestError(f"token id {bad} is out of range [0, {self.vocab_size})")
+        return self.backend.decode(id_list, skip_special_tokens=skip_special_tokens)
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
@@ -116,7 +122,7 @@ class Tokenizer:
 
     def new_decode_stream(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         """An incremental detokenizer: `.step(id) -> str | None`, and `.flush()` at the end."""
-        return IncrementalDetokenizer(self.backend, skip_special_tokens)
+        return IncrementalDetokenizer(self.backend, skip_special_tokens, vocab_size=self.vocab_size)
 
     # -- token bytes ----------------------------------------------------------------------
 
