@@ -10,9 +10,11 @@ byte-identical. On top of the sandbox, which blocks escapes to Python internals:
   parsed), so nested loops that print nothing are stopped too. Between two checks only bounded
   work can happen: filters walk data whose size is capped. A ``sys.settrace`` deadline, tried
   first, made renders 4-6x slower; this costs far less (see test_chat_template.py).
-- size: output is generated chunk by chunk and counted; ``*``, ``**``, ``+``, ``%``, ``~`` and
-  every call/filter are checked so that a single expression cannot build a string, list or int
-  far past the output limit before the count sees it.
+- size: output is generated chunk by chunk and counted; ``*``, ``**``, ``+``, ``%``, ``~``, every
+  call and the filters that can outgrow their input (center, indent, format, replace, ...) are
+  checked, so that no single expression builds a string, list or int far past the output limit
+  before the count sees it. Format widths are checked only in real format strings, never in
+  message text.
 
 Every failure becomes `InvalidRequestError` with a one-line message, never a Jinja traceback.
 """
@@ -324,7 +326,7 @@ class ChatTemplate:
             raise InvalidRequestError(f"chat template refused an unsafe operation: {_short(exc)}") from None
         except jinja2.TemplateError as exc:
             raise InvalidRequestError(f"chat template error: {_short(exc)}") from None
-        except (Exception, RecursionError) as exc:
+        except Exception as exc:  # RecursionError, TypeError from the data, MemoryError, ...
             raise InvalidRequestError(f"chat template failed on these messages: {type(exc).__name__}: {_short(exc)}") \
                 from None
         finally:
