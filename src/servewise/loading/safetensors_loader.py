@@ -67,8 +67,9 @@ def _open_shards(stack: ExitStack, shards: dict[str, list[str]]) -> dict[str, tu
             handle = stack.enter_context(safe_open(path, framework="pt"))
         except (SafetensorError, OSError) as exc:
             raise ModelLoadError(path, f"corrupt or truncated safetensors file: {exc}") from exc
-        names = set(handle.keys())
-        missing = [n for n in indexed if n not in names]
+        names = list(handle.keys())
+        present = set(names)
+        missing = [n for n in indexed if n not in present]
         if missing:
             raise ModelLoadError(path, f"tensor {missing[0]} is listed in the index but not in this file")
         for name in names:

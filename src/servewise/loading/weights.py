@@ -60,8 +60,8 @@ def check_shapes(path: str, found: Mapping[str, tuple[int, ...]], arch: ModelArc
         shown = [describe.get(n, n) if describe else n for n in unexpected[:3]]
         raise ModelLoadError(path, f"unexpected tensors for a {arch.architecture} model with {arch.num_hidden_layers} "
                                    f"layers: {', '.join(shown)}")
-    for name, shape in found.items():
-        if tuple(shape) != expected[name]:
+    for name, shape in expected.items():  # model order, so the first mismatch reported is stable
+        if tuple(found[name]) != shape:
             label = describe.get(name, name) if describe else name
-            raise ModelLoadError(path, f"tensor {label} has shape {tuple(shape)}, expected {expected[name]} "
+            raise ModelLoadError(path, f"tensor {label} has shape {tuple(found[name])}, expected {shape} "
                                        "from the model's hyperparameters")
