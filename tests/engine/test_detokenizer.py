@@ -1,4 +1,4 @@
-from servewise.engine.detokenizer import IncrementalDetokenizer
+from servewise.engine.detokenizer import StopAwareDetokenizer
 from servewise.types import SamplingParams
 
 
@@ -15,6 +15,9 @@ class PieceTokenizer:
             def step(self, token_id):
                 return pieces[token_id]
 
+            def flush(self):
+                return ""
+
         return Stream()
 
 
@@ -22,7 +25,7 @@ PIECES = ["Hel", "lo", " Wo", "rld", "!", None, "é", "\n\n", "END"]
 
 
 def _run(params, ids):
-    detok = IncrementalDetokenizer(PieceTokenizer(PIECES), params)
+    detok = StopAwareDetokenizer(PieceTokenizer(PIECES), params)
     deltas, stop = [], None
     for t in ids:
         stop = detok.add_token(t)
@@ -49,7 +52,7 @@ def test_stop_string_included_on_request():
 
 
 def test_text_that_may_start_a_stop_string_is_held_back():
-    detok = IncrementalDetokenizer(PieceTokenizer(PIECES), SamplingParams(stop=("World!",)))
+    detok = StopAwareDetokenizer(PieceTokenizer(PIECES), SamplingParams(stop=("World!",)))
     detok.add_token(0)
     assert detok.take_delta(False) == ""  # the last 5 characters could begin "World!"
     detok.add_token(1)

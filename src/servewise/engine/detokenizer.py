@@ -15,12 +15,14 @@ from servewise.types import SamplingParams
 class DecodeStream(Protocol):
     def step(self, token_id: int) -> str | None: ...
 
+    def flush(self) -> str: ...
+
 
 class TokenizerLike(Protocol):
     def new_decode_stream(self, skip_special_tokens: bool = True) -> DecodeStream: ...
 
 
-class IncrementalDetokenizer:
+class StopAwareDetokenizer:
     def __init__(self, tokenizer: TokenizerLike, params: SamplingParams) -> None:
         self._stream = tokenizer.new_decode_stream(skip_special_tokens=params.skip_special_tokens)
         self._stop = params.stop
@@ -48,6 +50,10 @@ class IncrementalDetokenizer:
         at, stop = best
         self.text = self.text[: at + len(stop)] if self._include_stop else self.text[:at]
         return stop
+
+    def flush(self) -> None:
+        """The sequence ended without a stop string: keep bytes still held back (e.g. half a character)."""
+        self.text += self._stream.flush()
 
     def take_delta(self, finished: bool) -> str:
         """New text safe to send: all of it once finished, else minus the stop-string holdback."""

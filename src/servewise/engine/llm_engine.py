@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from servewise.config import EngineConfig
-from servewise.engine.detokenizer import IncrementalDetokenizer
+from servewise.engine.detokenizer import StopAwareDetokenizer
 from servewise.engine.kv_cache_manager import KVCacheManager
 from servewise.engine.model_runner import ModelRunner, RunnerOutput, num_blocks_for_budget
 from servewise.engine.output_processor import RequestGroup, build_output, check_stop
@@ -116,7 +116,7 @@ class LLMEngine:
                 index=index, prompt_token_ids=list(prompt_token_ids), params=params, timings=timings,
                 eos_token_ids=self.eos_token_ids, max_total_tokens=self.max_model_len, generator=generator,
                 priority=priority, deadline_s=deadline_s))
-        group = RequestGroup(request_id, children, [IncrementalDetokenizer(self.tokenizer, params)
+        group = RequestGroup(request_id, children, [StopAwareDetokenizer(self.tokenizer, params)
                                                     for _ in children], pending_times=[[] for _ in children])
         self._groups[request_id] = group
         for child in children:

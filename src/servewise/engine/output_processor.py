@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from servewise.engine.detokenizer import IncrementalDetokenizer, TokenizerLike
+from servewise.engine.detokenizer import StopAwareDetokenizer, TokenizerLike
 from servewise.engine.request import Request
 from servewise.types import CompletionOutput, FinishReason, RequestOutput, TokenLogprob
 
@@ -15,7 +15,7 @@ class RequestGroup:
 
     group_id: str
     children: list[Request]
-    detokenizers: list[IncrementalDetokenizer]
+    detokenizers: list[StopAwareDetokenizer]
     prompt_sent: bool = False
     # per child: token times of tokens not yet reported
     pending_times: list[list[float]] = field(default_factory=list)
@@ -25,8 +25,15 @@ class RequestGroup:
         return all(r.is_finished for r in self.children)
 
 
-def check_stop(request: Request, detokenizer: IncrementalDetokenizer, token_id: int) -> FinishReason | None:
+def check_stop(request: Request, detokenizer: StopAwareDetokenizer, token_id: int) -> FinishReason | None:
     """Decide whether ``token_id`` (already appended) ends the sequence; decodes it unless it is a stop token."""
+    reason = _stop_reason(request, detokenizer, token_id)
+    if reason is not None and not isinstance(request.stop_reason, str):
+        detokenizer.flush()
+    return reason
+
+
+def _stop_reason(request: Request, detokenizer: StopAwareDetokenizer, token_id: int) -> FinishReason | None:
     p = request.params
     may_stop = request.num_output_tokens > p.min_tokens - 1
     if may_stop and not p.ignore_eos and token_id in request.eos_token_ids:

@@ -1,0 +1,149 @@
+"""HTTP serving vs the offline engine at the same concurrency, on the embedded model.
+
+    python benchmarks/serving.py [--concurrencies 1,8,32] [--requests-per-client 4] [--output-len 128]
+
+For each concurrency C: a closed loop of C streaming clients (`servewise bench`, chat
+endpoint, 128-token prompts cut from real text, 128 output tokens, ignore_eos) against
+`servewise serve`; then the offline engine in this process with the same closed loop
+(C requests in flight, a new one added as one finishes) and the same prompts. Prints
+TTFT and ITL p50/p99 and output tok/s side by side, the HTTP/offline throughput ratio
+and the p50 ITL the server adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+    import httpx
+
+    cmd = [sys.executable, "-m", "servewise.cli", "serve", "--port", str(port), "--threads", "2",
+           "--no-request-log"]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(log.read_text())
+
+
+def bench_http(port: int, concurrency: int, num_requests: int, output_len: int, out_dir: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "servewise.cli", "bench", "--base-url", f"http://127.0.0.1:{port}/v1",
+           "--endpoint", "completions", "--workload", "synthetic", "--input-len", "fixed:128",
+           "--output-len", f"fixed:{output_len}", "--ignore-eos", "--concurrency", str(concurrency),
+           "--num-requests", str(num_requests), "--warmup-requests", str(concurrency), "--seed", "0",
+           "--no-progress", "--output-dir", str(out_dir)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    data = json.loads((out_dir / "results.json").read_text())
+    summary = data["points"][0]["summary"]
+    return {"ttft_p50": summary["ttft"]["p50_s"], "ttft_p99": summary["ttft"]["p99_s"],
+            "itl_p50": summary["itl"]["p50_s"], "itl_p99": summary["itl"]["p99_s"],
+            "tok_s": summary["output_tokens_per_s"]}
+
+
+def bench_offline(concurrency: int, num_requests: int, output_len: int, prompt_len: int = 128) -> dict[str, Any]:
+    """The same closed loop, in process: C requests in flight, refilled as they finish."""
+    import torch
+
+    from servewise.config import DeviceConfig, EngineConfig
+    from servewise.engine.llm_engine import LLMEngine
+    from servewise.types import SamplingParams
+
+    torch.set_num_threads(2)
+    engine = LLMEngine(EngineConfig(device=DeviceConfig(num_threads=2)))
+    rng = np.random.default_rng(0)
+    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=1.0)
+    sent = 0
+
+    def add() -> None:
+        nonlocal sent
+        engine.add_request(f"r{sent}", rng.integers(200, 40000, prompt_len).tolist(), params)
+        sent += 1
+
+    for _ in range(concurrency):  # warm-up round, excluded
+        add()
+    while engine.has_unfinished_requests:
+        engine.step()
+    first_measured = sent
+    ttfts: list[float] = []
+    itls: list[float] = []
+    tokens = 0
+    start = time.monotonic()
+    for _ in range(concurrency):
+        add()
+    while engine.has_unfinished_requests:
+        for out in engine.step():
+            for c in out.outputs:
+                tokens += len(c.token_ids)
+            if out.finished:
+                t = out.timings
+                ttfts.append(t.first_token_s - t.arrival_s)
+                if sent - first_measured < num_requests:
+                    add()
+        # every running request got one token this step: one inter-token gap each
+        steps = engine.stats.recent_steps
+        if len(steps) >= 2:
+            itls.extend([steps[-1].end_s - steps[-2].end_s] * steps[-1].num_requests)
+    elapsed = time.monotonic() - start
+    return {"ttft_p50": float(np.percentile(ttfts, 50)), "ttft_p99": float(np.percentile(ttfts, 99)),
+            "itl_p50": float(np.percentile(itls, 50)), "itl_p99": float(np.percentile(itls, 99)),
+            "tok_s": tokens / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrencies", default="1,8,32")
+    parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrencies.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="servewise-serving-"))
+    http: dict[int, dict[str, Any]] = {}
+    proc = start_server(args.port, tmp / "server.log")
+    try:
+        for c in concurrencies:
+            http[c] = bench_http(args.port, c, c * args.requests_per_client, args.output_len, tmp / f"c{c}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    offline = {c: bench_offline(c, c * args.requests_per_client, args.output_len) for c in concurrencies}
+    print_table(http, offline)
+
+
+def print_table(http: dict[int, dict[str, Any]], offline: dict[int, dict[str, Any]]) -> None:
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"command: {' '.join(sys.argv)}\n")
+    print("| clients | path | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | ITL p99 (ms) | output tok/s |")
+    print("|---|---|---|---|---|---|---|")
+    for c in http:
+        for name, r in (("HTTP", http[c]), ("offline", offline[c])):
+            print(f"| {c} | {name} | {r['ttft_p50'] * 1e3:.0f} | {r['ttft_p99'] * 1e3:.0f} | "
+                  f"{r['itl_p50'] * 1e3:.1f} | {r['itl_p99'] * 1e3:.1f} | {r['tok_s']:.1f} |")
+    print()
+    for c in http:
+        ratio = http[c]["tok_s"] / offline[c]["tok_s"]
+        added = (http[c]["itl_p50"] - offline[c]["itl_p50"]) * 1e3
+        print(f"{c} clients: HTTP throughput = {ratio:.0%} of offline; p50 ITL added by the server {added:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

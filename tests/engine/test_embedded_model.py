@@ -1,0 +1,59 @@
+"""End to end on the embedded SmolLM2-135M-Instruct GGUF."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers
+
+from servewise.engine.llm import LLM
+from servewise.loading import load_checkpoint
+from servewise.types import SamplingParams
+from tests.engine.conftest import make_engine
+from tests.engine.test_engine_correctness import engine_greedy
+from tests.factories import embedded_gguf_path
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "What is the capital of France?", "Write a haiku about the sea.", "2 + 2 =", "Translate 'good morning' to Spanish.",
+    "List three primary colors.", "Who wrote Hamlet?", "def fibonacci(n):", "The quick brown fox",
+    "Explain photosynthesis in one sentence.", "Once upon a time, in a land far away,",
+    "Give me a synonym for happy.", "What is 12 times 12?", "Name a planet in our solar system.",
+    "Summarize: The cat sat on the mat. It was warm.", "How many legs does a spider have?",
+    "Write a SQL query that selects all rows from users.", "Why is the sky blue?", "Hello! How are you today?",
+    "The opposite of hot is", "A long prompt: " + "the history of the Roman empire, " * 12,
+    "Q: What is the boiling point of water at sea level?\nA:",
+]
+
+
+@pytest.fixture(scope="module")
+def gguf() -> str:
+    return embedded_gguf_path()
+
+
+def test_greedy_tokens_equal_transformers_on_the_embedded_gguf(gguf):
+    ckpt = load_checkpoint(gguf)
+    tok = ckpt.tokenizer
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]), add_special_tokens=False)
+               for p in PROMPTS]
+    engine = make_engine(gguf, backend="fp32", block_size=16, num_blocks=400, checkpoint=ckpt)
+    ours = engine_greedy(engine, prompts, num_tokens=16)
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                                              torch_dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    with torch.inference_mode():
+        for p, mine in zip(prompts, ours, strict=True):
+            ids = model.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, pad_token_id=2,
+                                 attention_mask=torch.ones(1, len(p), dtype=torch.long))
+            assert ids[0, len(p):].tolist() == mine, tok.decode(p)
+
+
+def test_default_engine_answers_paris():
+    llm = LLM()
+    result = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                      SamplingParams(temperature=0, max_tokens=30))[0]
+    assert "Paris" in result.text
+    assert result.outputs[0].finish_reason.value == "stop"
