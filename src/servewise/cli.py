@@ -51,6 +51,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="memory for the KV cache, e.g. 512MiB, 2GiB")
     g.add_argument("--num-kv-blocks", type=int, default=None, help="KV-cache blocks (overrides --kv-cache-memory)")
     g.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
+    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="K/V storage: auto = fp16 on CPU (fp32 with --linear-backend fp32)")
     g.add_argument("--max-num-seqs", type=int, default=64, help="requests running at once")
     g.add_argument("--max-num-batched-tokens", type=int, default=512, help="tokens computed per engine step")
     g.add_argument("--max-model-len", type=int, default=None, help="context cap (default: the model's)")
@@ -62,7 +64,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=args.model, served_model_name=args.served_model_name, seed=args.seed,
         cache=CacheConfig(block_size=args.block_size, kv_cache_memory_bytes=args.kv_cache_memory,
-                          num_blocks=args.num_kv_blocks, enable_prefix_caching=not args.no_prefix_caching),
+                          num_blocks=args.num_kv_blocks, enable_prefix_caching=not args.no_prefix_caching,
+                          kv_cache_dtype=args.kv_cache_dtype),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len, queue_policy=args.queue_policy),
         device=DeviceConfig(device=args.device, linear_backend=args.linear_backend,

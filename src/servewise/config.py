@@ -70,9 +70,14 @@ class CacheConfig:
     kv_cache_memory_bytes: int = 1024 * 1024 * 1024
     num_blocks: int | None = None  # explicit pool size, overrides the memory budget
     enable_prefix_caching: bool = True
+    # K/V storage: "auto" = fp16 on CPU unless the fp32 linear backend asks for exactness (then fp32),
+    # the model dtype on GPU; or "fp32" / "fp16" explicitly. fp16 halves KV memory and bandwidth.
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         _require(self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size must be a power of two ≤ 128")
+        _require(self.kv_cache_dtype in ("auto", "fp32", "fp16", "bf16"),
+                 f"kv_cache_dtype must be auto, fp32, fp16 or bf16, got {self.kv_cache_dtype!r}")
         _require(self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes must be positive")
         _require(self.num_blocks is None or self.num_blocks >= 2, "num_blocks must be ≥ 2")
 

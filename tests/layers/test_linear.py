@@ -1,7 +1,9 @@
+import pytest
 import torch
 from torch import nn
 
-from servewise.layers.linear import DualLinear, DualLMHead, apply_linear_backend, quantize_rows_int8
+from servewise.layers import native
+from servewise.layers.linear import DualLinear, apply_linear_backend, quantize_rows_int8
 
 
 def _linear(n_in=96, n_out=160, bias=False, seed=0):
@@ -26,21 +28,19 @@ def test_int8_and_gemm_paths_compute_the_same_function():
     with torch.inference_mode():
         via_gemm = dual(x)  # 12 rows > 4: fp32 GEMM path
         via_int8 = torch.cat([dual(x[i:i + 1]) for i in range(12)])  # one row at a time: int8 path
-    mismatch = (via_gemm != via_int8).float().mean().item()
-    assert mismatch < 0.01
+    torch.testing.assert_close(via_gemm, via_int8, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(via_gemm, lin(x), atol=0.05, rtol=0.05)
 
 
-def test_lm_head_refines_the_top_logits_exactly():
-    lin = _linear(n_in=64, n_out=500)
-    head = DualLMHead(lin, max_int8_rows=8)
-    x = torch.randn(3, 64)
+def test_native_int8_rows_do_not_depend_on_the_batch():
+    if native.load_library() is None:
+        pytest.skip("no C compiler here")
+    dual = DualLinear(_linear(n_in=100, n_out=64), max_int8_rows=16)
+    x = torch.randn(7, 100)
     with torch.inference_mode():
-        small = head(x)  # int8 ranking + fp32 refinement
-        exact = nn.functional.linear(x, head.weight_eff)  # what the large-step path computes
-    assert torch.equal(small.argmax(-1), exact.argmax(-1))
-    top = exact.topk(8, dim=-1).indices
-    torch.testing.assert_close(small.gather(1, top), exact.gather(1, top), atol=1e-5, rtol=1e-5)
+        together = dual(x)
+        for i in range(7):
+            assert torch.equal(dual(x[i:i + 1])[0], together[i])
 
 
 def test_backends_swap_linear_layers():
@@ -51,4 +51,4 @@ def test_backends_swap_linear_layers():
     assert isinstance(model[0], DualLinear) and model[0].weight_eff is not None
     model2 = nn.Sequential(_linear())
     apply_linear_backend(model2, "int8")
-    assert model2[0].weight_eff is None
+    assert model2[0].weight_eff is None or native.load_library() is None

@@ -111,11 +111,18 @@ def test_echo_prepends_the_prompt(client, model):
 def test_token_id_prompts_and_prompt_lists(client, model, live_server):
     import httpx
 
-    ids = httpx.post(live_server.base_url + "/tokenize", json={"prompt": "The sky is"}).json()["tokens"]
-    r = client.completions.create(model=model, prompt=[ids, "Paris is"], max_tokens=2, temperature=0, n=2)
+    def ids(text):
+        return httpx.post(live_server.base_url + "/tokenize", json={"prompt": text}).json()["tokens"]
+
+    by_ids = client.completions.create(model=model, prompt=ids("The sky is"), max_tokens=3, temperature=0)
+    by_text = client.completions.create(model=model, prompt="The sky is", max_tokens=3, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    r = client.completions.create(model=model, prompt=[ids("The sky is"), ids("Paris is")], max_tokens=2,
+                                  temperature=0, n=2)
     assert sorted(c.index for c in r.choices) == [0, 1, 2, 3]
-    assert r.usage.prompt_tokens == len(ids) + len(httpx.post(
-        live_server.base_url + "/tokenize", json={"prompt": "Paris is"}).json()["tokens"])
+    assert r.usage.prompt_tokens == len(ids("The sky is")) + len(ids("Paris is"))
+    texts = client.completions.create(model=model, prompt=["The sky is", "Paris is"], max_tokens=2, temperature=0)
+    assert [c.index for c in texts.choices] == [0, 1]
 
 
 def test_extension_params_min_tokens_and_ignore_eos(client, model):

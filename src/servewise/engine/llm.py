@@ -40,9 +40,11 @@ class LLM:
     def chat(self, messages: Sequence[Message] | Sequence[Sequence[Message]],
              params: SamplingParams | None = None) -> list[GenerationResult]:
         """Render each conversation with the model's chat template, then generate."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        texts = [self.tokenizer.apply_chat_template(list(conv), add_generation_prompt=True)
-                 for conv in conversations]
+        if messages and isinstance(messages[0], dict):
+            conversations: list[list[Message]] = [list(messages)]  # type: ignore[arg-type]
+        else:
+            conversations = [list(conv) for conv in messages]  # type: ignore[arg-type]
+        texts = [self.tokenizer.apply_chat_template(conv, add_generation_prompt=True) for conv in conversations]
         token_lists = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
         return self._run(token_lists, params or SamplingParams())
 

@@ -17,13 +17,19 @@ import torch
 from servewise.config import EngineConfig
 from servewise.engine.detokenizer import StopAwareDetokenizer
 from servewise.engine.kv_cache_manager import KVCacheManager
-from servewise.engine.model_runner import ModelRunner, RunnerOutput, num_blocks_for_budget
+from servewise.engine.model_runner import (
+    MAX_ALL_PAGED_STEP_TOKENS,
+    ModelRunner,
+    RunnerOutput,
+    num_blocks_for_budget,
+)
 from servewise.engine.output_processor import RequestGroup, build_output, check_stop
 from servewise.engine.request import Request
 from servewise.engine.sampler import Sampler, SamplerOutput
 from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput, Scheduler
 from servewise.engine.stats import EngineStats, StepRecord
 from servewise.errors import ContextLengthError, InvalidRequestError
+from servewise.layers.fused_decoder import install_fused_decoder
 from servewise.layers.linear import apply_linear_backend
 from servewise.models.registry import build_model
 from servewise.types import FinishReason, RequestOutput, RequestTimings, SamplingParams, TokenLogprob
@@ -48,6 +54,19 @@ class ModelInfo:
     block_size: int
 
 
+_KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_kv_dtype(config: EngineConfig, model_dtype: torch.dtype) -> torch.dtype:
+    """fp16 K/V on CPU (half the memory and bandwidth) unless fp32 exactness was asked for."""
+    choice = config.cache.kv_cache_dtype
+    if choice != "auto":
+        return _KV_DTYPES[choice]
+    if model_dtype != torch.float32:
+        return model_dtype
+    return torch.float32 if config.device.linear_backend == "fp32" else torch.float16
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None) -> None:
         self.config = config
@@ -62,7 +81,8 @@ class LLMEngine:
             torch.set_num_threads(config.device.num_threads)
         self.tokenizer = ckpt.tokenizer
         arch = ckpt.arch
-        num_blocks = num_blocks_for_budget(arch, config.cache, dtype)
+        kv_dtype = resolve_kv_dtype(config, dtype)
+        num_blocks = num_blocks_for_budget(arch, config.cache, kv_dtype)
         block_size = config.cache.block_size
         self.max_model_len = min(arch.max_position_embeddings, num_blocks * block_size,
                                  config.scheduler.max_model_len or arch.max_position_embeddings)
@@ -70,7 +90,9 @@ class LLMEngine:
                             use_native_kernels=dev.type == "cpu", source=ckpt.path)
         if dev.type == "cpu":
             apply_linear_backend(model, config.device.linear_backend)
-        self.runner = ModelRunner(model, num_blocks, block_size, dev, dtype)
+            if config.device.linear_backend != "fp32":
+                install_fused_decoder(model, MAX_ALL_PAGED_STEP_TOKENS)
+        self.runner = ModelRunner(model, num_blocks, block_size, dev, kv_dtype)
         self.kv_cache = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv_cache)
         self.sampler = Sampler()

@@ -15,6 +15,10 @@ from servewise.models.llama import KVCache, LlamaForCausalLM
 # Chunks this small after a cached context go through the paged kernel token by token;
 # larger ones use dense attention (GEMM-shaped, much faster per token).
 MAX_PAGED_CHUNK_TOKENS = 4
+# A step this small is computed entirely through the paged kernel (every token, prefill
+# included): per-token attention is cheap at this size, and it lets the CPU backend run
+# the whole step natively (layers/fused_decoder.py).
+MAX_ALL_PAGED_STEP_TOKENS = 16
 
 
 def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -69,8 +73,9 @@ class ModelRunner:
 
     def _prepare(self, chunks: list[ScheduledChunk]
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[ScheduledChunk]]:
-        paged = [c for c in chunks
-                 if c.request.num_computed_tokens > 0 and c.num_new_tokens <= MAX_PAGED_CHUNK_TOKENS]
+        small_step = sum(c.num_new_tokens for c in chunks) <= MAX_ALL_PAGED_STEP_TOKENS
+        paged = [c for c in chunks if small_step or (
+            c.request.num_computed_tokens > 0 and c.num_new_tokens <= MAX_PAGED_CHUNK_TOKENS)]
         paged_ids = {id(c) for c in paged}
         dense = [c for c in chunks if id(c) not in paged_ids]
         bs = self.block_size

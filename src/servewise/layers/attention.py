@@ -59,8 +59,8 @@ class PagedAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         # q: [T, Hq, D]; k, v: [T, Hkv, D]; caches: [num_blocks, Hkv, block_size, D] -> [T, Hq, D]
-        k_cache[meta.slot_block_ids, :, meta.slot_offsets] = k
-        v_cache[meta.slot_block_ids, :, meta.slot_offsets] = v
+        k_cache[meta.slot_block_ids, :, meta.slot_offsets] = k.to(k_cache.dtype)
+        v_cache[meta.slot_block_ids, :, meta.slot_offsets] = v.to(v_cache.dtype)
         if not meta.dense_segments:
             return self._paged(q, k_cache, v_cache, meta)
         out = torch.empty_like(q)
@@ -81,8 +81,8 @@ class PagedAttention:
     def _paged(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                meta: AttentionMetadata) -> torch.Tensor:
         lib = self._native_lib(q)
-        if lib is not None and native.supports(self.num_heads, self.num_kv_heads, self.head_dim,
-                                               k_cache.shape[2]):
+        if lib is not None and k_cache.dtype in (torch.float32, torch.float16) and native.supports(
+                self.num_heads, self.num_kv_heads, self.head_dim, k_cache.shape[2]):
             return native.paged_attention(lib, q, k_cache, v_cache, meta.paged_block_tables,
                                           meta.paged_token_rows, meta.paged_ctx_lens, self.scale)
         return paged_attention_torch(q, k_cache, v_cache, meta.paged_block_tables, meta.paged_token_rows,
@@ -95,8 +95,8 @@ class PagedAttention:
             keys, values, mask = k.transpose(0, 1), v.transpose(0, 1), None  # [Hkv, n, D]
         else:
             total = seg.num_context_tokens + seg.num_tokens
-            keys = _gather_blocks(k_cache, seg.block_ids, total)
-            values = _gather_blocks(v_cache, seg.block_ids, total)
+            keys = _gather_blocks(k_cache, seg.block_ids, total).to(q.dtype)
+            values = _gather_blocks(v_cache, seg.block_ids, total).to(q.dtype)
             rows = torch.arange(seg.num_tokens, device=q.device).unsqueeze(1) + seg.num_context_tokens
             mask = torch.arange(total, device=q.device).unsqueeze(0) <= rows  # [n, total]
         if group > 1:
@@ -130,7 +130,7 @@ def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         blocks = cache[tables]  # [T, nb, Hkv, BS, D]
         return blocks.permute(0, 2, 1, 3, 4).reshape(num_tokens, num_kv_heads, -1, head_dim)
 
-    keys, values = gather(k_cache), gather(v_cache)  # [T, Hkv, nb*BS, D]
+    keys, values = gather(k_cache).to(q.dtype), gather(v_cache).to(q.dtype)  # [T, Hkv, nb*BS, D]
     qg = q.view(num_tokens, num_kv_heads, group, head_dim)
     scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale  # [T, Hkv, G, L]
     positions = torch.arange(scores.shape[-1], device=q.device)

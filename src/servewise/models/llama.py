@@ -98,7 +98,12 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[KVCache]) -> torch.Tensor:
         # input_ids, positions: [T] -> hidden states [T, hidden] (before the final norm)
-        x = self.embed_tokens(input_ids)
+        return self.run_layers(positions, self.embed_tokens(input_ids), meta, kv_caches)
+
+    def run_layers(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata,
+                   kv_caches: list[KVCache]) -> torch.Tensor:
+        """Every decoder layer in turn. A CPU backend may replace this on the instance
+        (layers/fused_decoder.py) to run small steps natively."""
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(positions, x, kv_cache, meta)
         return x

@@ -51,11 +51,23 @@ def parse_body(model: type[Body], raw: bytes) -> Body:
         err = exc.errors(include_url=False)[0]
         if err["type"] == "json_invalid":
             raise InvalidRequestError("the request body is not valid JSON") from None
-        loc = ".".join(str(p) for p in err["loc"]) or "body"
-        message = err["msg"]
+        # Drop pydantic's union-member tags ("str", "list[int]") from the location: users never wrote them.
+        loc_parts = [str(p) for p in err["loc"] if isinstance(p, int) or not _is_type_tag(str(p))]
+        loc = ".".join(loc_parts) or "body"
+        message = _FRIENDLY.get(loc_parts[0] if loc_parts else "", err["msg"])
         if err["type"] == "missing":
             message = "field required"
-        raise InvalidRequestError(f"{loc}: {message}", param=str(err["loc"][0]) if err["loc"] else None) from None
+        raise InvalidRequestError(f"{loc}: {message}", param=loc_parts[0] if loc_parts else None) from None
+
+
+_FRIENDLY = {
+    "prompt": "must be a string, a list of strings, a list of token ids or a list of token-id lists",
+    "stop": "must be a string or a list of strings",
+}
+
+
+def _is_type_tag(part: str) -> bool:
+    return part in ("str", "int", "float", "bool") or part.startswith(("list[", "dict[", "function-"))
 
 
 def check_model(requested: str | None, served: str) -> str:

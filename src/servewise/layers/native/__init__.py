@@ -22,7 +22,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("paged_attention.c")
+_SOURCE = Path(__file__).with_name("kernels.c")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -68,10 +68,14 @@ def load_library(cache_dir: Path | None = None) -> ctypes.CDLL | None:
             logger.warning("native CPU kernels unavailable, using the PyTorch fallback: %s", exc)
             _load_failed = True
             return None
-        fn = lib.sw_paged_attention_f32
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [ctypes.c_void_p] * 3 + \
-            [ctypes.c_int64] * 5 + [ctypes.c_float]
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.sw_paged_attention.restype = ctypes.c_int
+        lib.sw_paged_attention.argtypes = [p, p, p, ctypes.c_int, p, i64, p, p, p, i64, i64, i64, i64, i64,
+                                           ctypes.c_float]
+        lib.sw_int8_linear.restype = ctypes.c_int
+        lib.sw_int8_linear.argtypes = [p, i64, i64, p, p, p, p, i64]
+        lib.sw_decoder_layer.restype = ctypes.c_int
+        lib.sw_decoder_layer.argtypes = [p, p, p, p, p, p]
         _library = lib
         return lib
 
@@ -79,18 +83,32 @@ def load_library(cache_dir: Path | None = None) -> ctypes.CDLL | None:
 def paged_attention(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, token_rows: torch.Tensor, ctx_lens: torch.Tensor,
                     scale: float) -> torch.Tensor:
-    """q: [T, Hq, D] fp32; caches: [NB, Hkv, BS, D]; block_tables: [R, M] int32;
-    token_rows, ctx_lens: [T] int32. Returns [T, Hq, D]."""
+    """q: [T, Hq, D] fp32; caches: [NB, Hkv, BS, D] fp32 or fp16; block_tables: [R, M] int32;
+    token_rows, ctx_lens: [T] int32. Returns [T, Hq, D] fp32."""
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
     q = q.contiguous()
     out = torch.empty_like(q)
-    rc = lib.sw_paged_attention_f32(
-        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_tables.data_ptr(),
-        block_tables.shape[1], token_rows.data_ptr(), ctx_lens.data_ptr(), out.data_ptr(),
-        num_tokens, num_q_heads, num_kv_heads, head_dim, block_size, scale)
+    rc = lib.sw_paged_attention(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), int(k_cache.dtype == torch.float16),
+        block_tables.data_ptr(), block_tables.shape[1], token_rows.data_ptr(), ctx_lens.data_ptr(),
+        out.data_ptr(), num_tokens, num_q_heads, num_kv_heads, head_dim, block_size, scale)
     if rc != 0:
         raise ValueError(f"paged attention kernel rejected the shapes (code {rc})")
+    return out
+
+
+def int8_linear(lib: ctypes.CDLL, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """x: [M, K] fp32; qweight: [N, K] int8; scales: [N] fp32; bias: [N] fp32 or None -> [M, N] fp32."""
+    x = x.contiguous()
+    m, k = x.shape
+    n = qweight.shape[0]
+    out = torch.empty(m, n, dtype=torch.float32)
+    rc = lib.sw_int8_linear(x.data_ptr(), m, k, qweight.data_ptr(), scales.data_ptr(),
+                            bias.data_ptr() if bias is not None else None, out.data_ptr(), n)
+    if rc != 0:
+        raise ValueError(f"int8 linear kernel rejected the shapes (code {rc})")
     return out
 
 
