@@ -2,10 +2,10 @@
 
     python benchmarks/serving.py [--concurrencies 1,8,32] [--requests-per-client 4] [--output-len 128]
 
-For each concurrency C: a closed loop of C streaming clients (`servewise bench`, chat
-endpoint, 128-token prompts cut from real text, 128 output tokens, ignore_eos) against
-`servewise serve`; then the offline engine in this process with the same closed loop
-(C requests in flight, a new one added as one finishes) and the same prompts. Prints
+For each concurrency C: a closed loop of C streaming clients (`servewise bench`,
+completions endpoint, 128-token prompts cut from real text, 128 output tokens,
+ignore_eos) against `servewise serve`; then the same closed loop of C clients on the
+engine's in-process AsyncEngine, without HTTP (same engine config, same lengths). Prints
 TTFT and ITL p50/p99 and output tok/s side by side, the HTTP/offline throughput ratio
 and the p50 ITL the server adds.
 """
@@ -60,52 +60,55 @@ def bench_http(port: int, concurrency: int, num_requests: int, output_len: int, 
 
 
 def bench_offline(concurrency: int, num_requests: int, output_len: int, prompt_len: int = 128) -> dict[str, Any]:
-    """The same closed loop, in process: C requests in flight, refilled as they finish."""
+    """The same closed loop without HTTP: C asyncio clients on the in-process AsyncEngine."""
+    import asyncio
+
     import torch
 
     from servewise.config import DeviceConfig, EngineConfig
+    from servewise.engine.async_engine import AsyncEngine
     from servewise.engine.llm_engine import LLMEngine
     from servewise.types import SamplingParams
 
     torch.set_num_threads(2)
-    engine = LLMEngine(EngineConfig(device=DeviceConfig(num_threads=2)))
+    engine = AsyncEngine(LLMEngine(EngineConfig(device=DeviceConfig(num_threads=2))))
     rng = np.random.default_rng(0)
     params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=1.0)
-    sent = 0
-
-    def add() -> None:
-        nonlocal sent
-        engine.add_request(f"r{sent}", rng.integers(200, 40000, prompt_len).tolist(), params)
-        sent += 1
-
-    for _ in range(concurrency):  # warm-up round, excluded
-        add()
-    while engine.has_unfinished_requests:
-        engine.step()
-    first_measured = sent
     ttfts: list[float] = []
     itls: list[float] = []
-    tokens = 0
-    start = time.monotonic()
-    for _ in range(concurrency):
-        add()
-    while engine.has_unfinished_requests:
-        for out in engine.step():
-            for c in out.outputs:
-                tokens += len(c.token_ids)
-            if out.finished:
-                t = out.timings
-                ttfts.append(t.first_token_s - t.arrival_s)
-                if sent - first_measured < num_requests:
-                    add()
-        # every running request got one token this step: one inter-token gap each
-        steps = engine.stats.recent_steps
-        if len(steps) >= 2:
-            itls.extend([steps[-1].end_s - steps[-2].end_s] * steps[-1].num_requests)
-    elapsed = time.monotonic() - start
+    counter = iter(range(10**9))
+
+    async def one(measure: bool) -> int:
+        i = next(counter)
+        start = time.monotonic()
+        last, tokens = None, 0
+        async for out in engine.generate(f"r{i}", rng.integers(200, 40000, prompt_len).tolist(), params):
+            now = time.monotonic()
+            if out.outputs and out.outputs[0].token_ids:
+                if last is None and measure:
+                    ttfts.append(now - start)
+                elif measure:
+                    itls.append(now - last)
+                last = now
+                tokens += len(out.outputs[0].token_ids)
+        return tokens
+
+    async def client(requests: int, measure: bool) -> int:
+        return sum([await one(measure) for _ in range(requests)])
+
+    async def run() -> float:
+        engine.start()
+        await asyncio.gather(*(client(1, False) for _ in range(concurrency)))  # warm-up round
+        t = time.monotonic()
+        per_client = max(1, num_requests // concurrency)
+        tokens = sum(await asyncio.gather(*(client(per_client, True) for _ in range(concurrency))))
+        elapsed = time.monotonic() - t
+        engine.shutdown()
+        return tokens / elapsed
+
+    tok_s = asyncio.run(run())
     return {"ttft_p50": float(np.percentile(ttfts, 50)), "ttft_p99": float(np.percentile(ttfts, 99)),
-            "itl_p50": float(np.percentile(itls, 50)), "itl_p99": float(np.percentile(itls, 99)),
-            "tok_s": tokens / elapsed}
+            "itl_p50": float(np.percentile(itls, 50)), "itl_p99": float(np.percentile(itls, 99)), "tok_s": tok_s}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -144,7 +145,16 @@ async def stream_response(gen: Generation, created: int, fingerprint: str, forma
     n = valid.params.n
     offsets = [0] * len(gen.choices)  # completions logprobs text_offset per choice
 
+    # The hot path (a content delta, no logprobs, not finished) splices the text into a
+    # pre-serialised chunk: one json.dumps of a string instead of a whole dict per token.
+    head = json.dumps({**base, "choices": None}, separators=(",", ":"), ensure_ascii=False)[:-len('"choices":null}')]
+    content_key = '"delta":{"content":' if chat else '"text":'
+    content_tail = "}" if chat else ""
+
     def chunk(index: int, text: str, logprobs: Any, finish: str | None, role: bool = False) -> bytes:
+        if logprobs is None and finish is None and not role and text:
+            return (f'data: {head}"choices":[{{"index":{index},{content_key}{json.dumps(text, ensure_ascii=False)}'
+                    f'{content_tail},"logprobs":null,"finish_reason":null}}]}}\n\n').encode()
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if role else (
                 {"content": text} if text or logprobs else {})
