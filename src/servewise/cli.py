@@ -7,6 +7,7 @@ gets explicit config objects.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from servewise.config import CacheConfig, DeviceConfig, EngineConfig, SchedulerC
 
 if TYPE_CHECKING:
     from servewise.engine.llm_engine import LLMEngine
+    from servewise.server.slo_runtime import SLOSettings
     from servewise.types import SamplingParams
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -72,6 +74,66 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                             num_threads=args.threads or os.cpu_count() or 1))
 
 
+def add_slo_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SLOs, admission, tenants")
+    g.add_argument("--slo-config", default=os.environ.get("SERVEWISE_SLO_CONFIG"),
+                   help="YAML/TOML/JSON file of SLO classes (see README)")
+    g.add_argument("--slo-class", action="append", default=[], metavar="SPEC",
+                   help='an SLO class, e.g. "interactive:ttft=1s@p99,tpot=100ms,priority=0,slack=1.5" (repeatable)')
+    g.add_argument("--default-slo-class", default=None)
+    g.add_argument("--allow-client-slo-class", action="store_true",
+                   help="clients may pick their class (X-SLO-Class header or the body's priority field)")
+    g.add_argument("--admission", default="enforce", choices=["enforce", "off"],
+                   help="enforce: shed (429 + Retry-After) requests predicted to miss their TTFT SLO; "
+                        "off: predict and report only")
+    g.add_argument("--max-queued-prefill-tokens", type=int, default=None, help="shed above this prefill backlog")
+    g.add_argument("--max-waiting-requests", type=int, default=None, help="shed above this many waiting requests")
+    g.add_argument("--api-keys-file", default=os.environ.get("SERVEWISE_API_KEYS_FILE"),
+                   help="API keys -> tenant, SLO class, limits (YAML/TOML/JSON); also SERVEWISE_API_KEYS")
+    g.add_argument("--public-metrics", action="store_true", help="serve /metrics without an API key")
+    g.add_argument("--price-per-device-hour", type=float, default=None, help="$ per device-hour, for cost reports")
+    g.add_argument("--watchdog-timeout", type=float, default=30.0,
+                   help="seconds without an engine step, while work waits, before /ready turns 503")
+    g.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds in-flight requests get to finish")
+
+
+def slo_settings(args: argparse.Namespace) -> SLOSettings:
+    from servewise.server.slo_runtime import SLOSettings
+    from servewise.slo import (
+        AdmissionMode,
+        default_slo_config,
+        load_api_keys,
+        load_slo_config,
+        parse_api_keys,
+    )
+    from servewise.slo.spec_loading import slo_config_from_flags
+
+    if args.slo_config and args.slo_class:
+        raise SystemExit("give either --slo-config or --slo-class, not both")
+    if args.slo_config:
+        slo = load_slo_config(args.slo_config)
+    elif args.slo_class:
+        slo = slo_config_from_flags(args.slo_class, default_class=args.default_slo_class,
+                                    allow_client_class=args.allow_client_slo_class)
+    else:
+        slo = default_slo_config()
+    if args.allow_client_slo_class or args.default_slo_class:
+        slo = dataclasses.replace(slo, allow_client_class=args.allow_client_slo_class or slo.allow_client_class,
+                                  default_class=args.default_slo_class or slo.default_class)
+    keys = None
+    if args.api_keys_file:
+        keys = load_api_keys(args.api_keys_file)
+    elif os.environ.get("SERVEWISE_API_KEYS"):
+        keys = parse_api_keys(os.environ["SERVEWISE_API_KEYS"])
+    public = ("/health", "/ready") + (("/metrics",) if args.public_metrics else ())
+    return SLOSettings(
+        slo_config=slo, admission_mode=AdmissionMode.ENFORCE if args.admission == "enforce" else AdmissionMode.OBSERVE,
+        max_queued_prefill_tokens=args.max_queued_prefill_tokens, max_num_waiting_requests=args.max_waiting_requests,
+        api_keys=keys, public_routes=public, price_per_device_hour=args.price_per_device_hour,
+        watchdog_timeout_s=args.watchdog_timeout, drain_timeout_s=args.drain_timeout)
+
+
 def _setup_process(level: str) -> None:
     # Two cores: tokenizer thread pools and a second OpenMP pool would oversubscribe them.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -91,15 +153,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from servewise.server.app import create_app, engine_factory_for
+    from servewise.server.lifecycle import DrainingServer
 
     config = engine_config(args)
     server = ServerConfig(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
                           log_requests=not args.no_request_log)
-    app = create_app(server, config, engine_factory_for(config))
-    logging.getLogger("servewise.server").info("ServeWise %s listening on http://%s:%d (OpenAI API under /v1)",
-                                               __version__, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
-                timeout_keep_alive=server.timeout_keep_alive_s, loop="auto", http="auto")
+    try:
+        settings = slo_settings(args)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"servewise serve: {exc}") from None
+    app = create_app(server, config, engine_factory_for(config), settings)
+    logging.getLogger("servewise.server").info(
+        "ServeWise %s listening on http://%s:%d (OpenAI API under /v1); SLO classes %s, admission %s, %s",
+        __version__, args.host, args.port, ", ".join(settings.slo_config.class_names), args.admission,
+        f"{len(settings.api_keys)} API keys" if settings.api_keys else "no API keys (open)")
+    uv_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                               access_log=False, timeout_keep_alive=server.timeout_keep_alive_s,
+                               timeout_graceful_shutdown=5)
+    DrainingServer(uv_config, app.state.servewise, settings.drain_timeout_s).run()
     return 0
 
 
@@ -166,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
     add_engine_args(serve)
+    add_slo_args(serve)
     serve.add_argument("--host", default=os.environ.get("SERVEWISE_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("SERVEWISE_PORT", "8000")))
     serve.add_argument("--max-body-bytes", type=parse_size, default=parse_size("4MiB"))

@@ -55,6 +55,7 @@ class AsyncEngine:
         self.dead_reason: str | None = None  # set if the loop thread died
         self.stats: EngineStats = engine.snapshot_stats()  # republished after every step
         self.num_in_flight = 0  # requests accepted and not yet finished (event-loop side)
+        self.work_since_s: float | None = None  # monotonic time in-flight work last went from 0 to 1
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -87,6 +88,8 @@ class AsyncEngine:
             raise EngineError(f"duplicate request id {request_id!r}")
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._streams[request_id] = stream
+        if self.num_in_flight == 0:
+            self.work_since_s = time.monotonic()
         self.num_in_flight += 1
         self._send(_Add(request_id, list(prompt_token_ids), params,
                         arrival_s if arrival_s is not None else time.monotonic(), priority, deadline_s))
@@ -101,6 +104,8 @@ class AsyncEngine:
         finally:
             self._streams.pop(request_id, None)
             self.num_in_flight -= 1
+            if self.num_in_flight == 0:
+                self.work_since_s = None
             if not finished:
                 self.abort(request_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -16,9 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from servewise import __version__
 from servewise.config import EngineConfig, ServerConfig
 from servewise.engine.async_engine import AsyncEngine
-from servewise.errors import ServeWiseError
-from servewise.server import routes_openai, routes_ops
+from servewise.errors import AuthenticationError, ServeWiseError
+from servewise.server import routes_openai, routes_ops, routes_slo
+from servewise.server.lifecycle import run_watchdog
 from servewise.server.responses import error_body
+from servewise.server.slo_runtime import ANONYMOUS, SLORuntime, SLOSettings
 from servewise.server.state import ServerState
 
 logger = logging.getLogger("servewise.server")
@@ -49,6 +52,34 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class AuthMiddleware:
+    """With API keys configured, every route but the public ones needs a valid key (401 otherwise).
+    The caller's tenant is left in the request state for the routes."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")}
+        runtime = self.state.slo
+        public = scope["path"] in self.state.settings.public_routes
+        try:
+            tenant = runtime.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+        except AuthenticationError as exc:
+            if not public:
+                response = _error_response(self.state, exc)
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+            tenant = ANONYMOUS
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+
 def _error_response(state: ServerState, exc: ServeWiseError) -> JSONResponse:
     if state.metrics is not None:
         state.metrics.count_failure(exc.error_type)
@@ -62,16 +93,20 @@ def _error_response(state: ServerState, exc: ServeWiseError) -> JSONResponse:
 
 
 def create_app(server_config: ServerConfig, engine_config: EngineConfig,
-               engine_factory: Callable[[], AsyncEngine]) -> FastAPI:
+               engine_factory: Callable[[], AsyncEngine], slo_settings: SLOSettings | None = None) -> FastAPI:
     """The app; the engine is built by ``engine_factory`` in a thread once the app starts."""
-    state = ServerState(server_config, engine_config, engine_factory)
+    settings = slo_settings or SLOSettings()
+    state = ServerState(server_config, engine_config, engine_factory, settings,
+                        SLORuntime(settings, engine_config.scheduler))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start_engine()
+        watchdog = asyncio.create_task(run_watchdog(state, settings.watchdog_timeout_s))
         try:
             yield
         finally:
+            watchdog.cancel()
             if state.engine is not None:
                 state.engine.shutdown()
 
@@ -79,6 +114,7 @@ def create_app(server_config: ServerConfig, engine_config: EngineConfig,
     app.state.servewise = state
     app.include_router(routes_openai.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_slo.router)
 
     @app.exception_handler(ServeWiseError)
     async def servewise_error(request: Request, exc: ServeWiseError) -> JSONResponse:
@@ -98,7 +134,8 @@ def create_app(server_config: ServerConfig, engine_config: EngineConfig,
         return JSONResponse(error_body("internal server error", "internal_server_error", None, "internal_error"),
                             status_code=500)
 
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AuthMiddleware, state=state)
+    app.add_middleware(RequestIdMiddleware)  # added last = outermost: 401s carry a request id too
     return app
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from servewise.engine.async_engine import AsyncEngine
@@ -30,7 +31,8 @@ class Generation:
     """A request's prompts running in the engine; keeps every output so usage and logs can be derived."""
 
     def __init__(self, engine: AsyncEngine, valid: ValidGeneration, request_id: str, arrival_s: float,
-                 engine_ids: list[str], priority: int = 0, deadline_s: float | None = None) -> None:
+                 engine_ids: list[str], priority: int = 0, deadline_s: float | None = None,
+                 on_first_token: Callable[[float], None] | None = None) -> None:
         self.engine = engine
         self.valid = valid
         self.request_id = request_id
@@ -38,6 +40,8 @@ class Generation:
         self.engine_ids = engine_ids  # one unique engine request id per prompt
         self.priority = priority
         self.deadline_s = deadline_s
+        self.on_first_token = on_first_token  # called once with the TTFT in seconds
+        self.first_token_s: float | None = None  # monotonic time the first token reached the server
         n = valid.params.n
         self.builders = [ResultBuilder(rid, n) for rid in engine_ids]
         self.choices = [ChoiceState(i) for i in range(len(valid.prompts) * n)]
@@ -53,7 +57,12 @@ class Generation:
                      cached_tokens=sum(r.num_cached_tokens for r in results))
 
     def finish_reasons(self) -> list[str]:
+        """Per choice, as the OpenAI API spells them."""
         return [FINISH_REASONS[c.finish_reason] if c.finish_reason else "abort" for c in self.choices]
+
+    def engine_finish_reasons(self) -> list[str]:
+        """Per choice, the engine's own reason (stop, length, abort, error, drain): metrics and logs."""
+        return [c.finish_reason.value if c.finish_reason else "abort" for c in self.choices]
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(prompt index, output) as they come; several prompts are interleaved."""
@@ -92,6 +101,10 @@ class Generation:
                                               priority=self.priority, deadline_s=self.deadline_s,
                                               arrival_s=self.arrival_s):
             self.builders[i].add(out)
+            if self.first_token_s is None and any(c.token_ids for c in out.outputs):
+                self.first_token_s = time.monotonic()
+                if self.on_first_token is not None:
+                    self.on_first_token(self.first_token_s - self.arrival_s)
             n = self.valid.params.n
             for c in out.outputs:
                 choice = self.choices[i * n + c.index]

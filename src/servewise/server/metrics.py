@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from servewise.engine.stats import EngineStats
+from servewise.slo import MetricSample
 from servewise.types import RequestTimings
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -57,8 +58,30 @@ class _EngineCollector(Collector):
         yield counter("engine_steps", "Engine steps run.", s.num_steps)
 
 
+class _SampleCollector(Collector):
+    """Gauges and counters computed elsewhere (SLO tracker, admission, usage) at scrape time."""
+
+    def __init__(self, samples: Callable[[], Iterable[MetricSample]]) -> None:
+        self._samples = samples
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for sample in self._samples():
+            family = families.get(sample.name)
+            if family is None:
+                labels = sorted(sample.labels)
+                if sample.name.endswith("_total"):
+                    family = CounterMetricFamily(sample.name[: -len("_total")], sample.name, labels=labels)
+                else:
+                    family = GaugeMetricFamily(sample.name, sample.name, labels=labels)
+                families[sample.name] = family
+            family.add_metric([sample.labels[k] for k in sorted(sample.labels)], sample.value)
+        yield from families.values()
+
+
 class ServerMetrics:
-    def __init__(self, model_name: str, engine_stats: Callable[[], EngineStats]) -> None:
+    def __init__(self, model_name: str, engine_stats: Callable[[], EngineStats],
+                 samples: Callable[[], Iterable[MetricSample]] | None = None) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         r = self.registry
@@ -77,6 +100,8 @@ class ServerMetrics:
         self.failure = Counter(PREFIX + "request_failure", "Requests failed, by error type.",
                                ["model_name", "error_type"], registry=r)
         r.register(_EngineCollector(engine_stats, model_name))
+        if samples is not None:
+            r.register(_SampleCollector(samples))
 
     def observe_request(self, timings: RequestTimings, token_times_s: Sequence[Sequence[float]]) -> None:
         """One engine request finished: its latencies from the engine's monotonic timestamps."""

@@ -30,7 +30,7 @@ def log_finished(gen: Generation, endpoint: str, status: str, extra: dict[str, A
     record: dict[str, Any] = {
         "event": "request_finished", "request_id": gen.request_id, "endpoint": endpoint,
         "model": gen.valid.model, "status": status, "stream": gen.valid.stream,
-        "finish_reasons": gen.finish_reasons(), "prompt_tokens": usage.prompt_tokens,
+        "finish_reasons": gen.engine_finish_reasons(), "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": num_out, "cached_tokens": usage.cached_tokens,
         "queue_s": _rounded(t.first_scheduled_s - gen.arrival_s) if t and t.first_scheduled_s else None,
         "ttft_s": _rounded(first_token - gen.arrival_s) if first_token else None,

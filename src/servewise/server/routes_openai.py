@@ -15,8 +15,10 @@ from servewise.errors import ModelNotFoundError, PayloadTooLargeError
 from servewise.server.generation import Generation, full_response, stream_response
 from servewise.server.protocol import ChatCompletionRequest, CompletionRequest
 from servewise.server.request_log import log_finished
+from servewise.server.slo_runtime import ANONYMOUS, Ticket, reserved_tokens
 from servewise.server.state import ServerState
 from servewise.server.validation import ValidGeneration, parse_body, parse_chat, parse_completion
+from servewise.slo import Outcome, RequestUsage, Tenant
 
 router = APIRouter()
 
@@ -24,6 +26,11 @@ router = APIRouter()
 def get_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.servewise
     return state
+
+
+def request_tenant(request: Request) -> Tenant:
+    tenant: Tenant = request.scope.get("state", {}).get("tenant", ANONYMOUS)
+    return tenant
 
 
 def request_id(request: Request) -> str:
@@ -68,11 +75,21 @@ async def completions(request: Request) -> Response:
 async def _generate(request: Request, state: ServerState, valid: ValidGeneration, arrival_s: float,
                     endpoint: str) -> Response:
     engine = state.require_engine()
-    for prompt in valid.prompts:  # 400 before anything is queued or streamed
+    for prompt in valid.prompts:  # 400 before anything is queued, limited or streamed
         engine.engine.validate_prompt(prompt, valid.params)
+    tenant = request_tenant(request)
+    slo_class = state.slo.classify(tenant, valid.priority or request.headers.get("x-slo-class"))
+    lengths = [len(p) for p in valid.prompts]
+    ticket = state.slo.admit(tenant, slo_class, sum(lengths),
+                             reserved_tokens(lengths, valid.params.n, valid.params.max_tokens,
+                                             engine.model_info.max_model_len),
+                             engine.stats, engine.num_in_flight)
     rid = request_id(request)
     internal = uuid.uuid4().hex
-    gen = Generation(engine, valid, rid, arrival_s, [f"{internal}-{i}" for i in range(len(valid.prompts))])
+    gen = Generation(engine, valid, rid, arrival_s, [f"{internal}-{i}" for i in range(len(valid.prompts))],
+                     priority=slo_class.priority,
+                     deadline_s=arrival_s + slo_class.ttft_s if slo_class.ttft_s is not None else None,
+                     on_first_token=lambda ttft_s: state.slo.first_token(ticket, ttft_s))
     formatter = state.formatter if valid.want_logprobs else None
     created = int(time.time())
     headers = {"X-Request-Id": rid}
@@ -86,7 +103,7 @@ async def _generate(request: Request, state: ServerState, valid: ValidGeneration
                 status = "disconnected"
                 raise
             finally:
-                _finished(state, gen, endpoint, status)
+                _finished(state, gen, endpoint, status, ticket)
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-cache"})
@@ -96,7 +113,7 @@ async def _generate(request: Request, state: ServerState, valid: ValidGeneration
         result = await _until_disconnect(request, task)
         status = "ok" if result is not None else "disconnected"
     finally:
-        _finished(state, gen, endpoint, status)
+        _finished(state, gen, endpoint, status, ticket)
     if result is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     return JSONResponse(result, headers=headers)
@@ -124,15 +141,29 @@ async def _until_disconnect(request: Request, task: asyncio.Task[dict[str, Any]]
     return None
 
 
-def _finished(state: ServerState, gen: Generation, endpoint: str, status: str) -> None:
+def _finished(state: ServerState, gen: Generation, endpoint: str, status: str, ticket: Ticket) -> None:
+    """Metrics, SLO attainment, usage, rate-limit settlement and the log line of a finished request."""
+    results = gen.results
+    timings = [r.timings for r in results if r.timings is not None]
+    reasons = gen.engine_finish_reasons()
     if state.metrics is not None:
-        for result in gen.results:
+        for result in results:
             if result.timings is not None:
                 state.metrics.observe_request(result.timings, [c.token_times_s for c in result.outputs])
-        for reason in gen.finish_reasons():
+        for reason in reasons:
             state.metrics.count_success(reason)
+    failed = status == "error" or any(r in ("error", "drain") for r in reasons)
+    outcome = Outcome.CLIENT_ERROR if status == "disconnected" else (
+        Outcome.SERVER_ERROR if failed else Outcome.SUCCESS)
+    usage = gen.usage()
+    state.slo.finish(ticket, outcome, timings, gen.arrival_s, RequestUsage(
+        prompt_tokens=usage.prompt_tokens, cached_prompt_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens,
+        prefill_compute_s=sum(t.prefill_compute_s for t in timings),
+        decode_compute_s=sum(t.decode_compute_s for t in timings)))
     if state.config.log_requests:
-        log_finished(gen, endpoint, status)
+        log_finished(gen, endpoint, status, {"tenant": ticket.tenant.name, "slo_class": ticket.slo_class.name,
+                                             "predicted_ttft_s": round(ticket.predicted_ttft_s, 6)})
 
 
 @router.get("/v1/models")

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from servewise.engine.stats import EngineStats
 from servewise.errors import ServiceUnavailableError
 from servewise.server.metrics import ServerMetrics
 from servewise.server.responses import LogprobFormatter
+from servewise.server.slo_runtime import SLORuntime, SLOSettings
 
 logger = logging.getLogger("servewise.server")
 
@@ -26,6 +28,8 @@ class ServerState:
     engine_config: EngineConfig
     # Builds the engine (slow: loads the model); run in a thread so /health answers meanwhile.
     engine_factory: Callable[[], AsyncEngine]
+    settings: SLOSettings
+    slo: SLORuntime
     engine: AsyncEngine | None = None
     load_error: str | None = None
     metrics: ServerMetrics | None = None
@@ -55,7 +59,7 @@ class ServerState:
             return self.load_error or "loading model"
         if not self.engine.is_running:
             return self.engine.dead_reason or "engine loop not running"
-        return None
+        return stall_reason(self, self.settings.watchdog_timeout_s)
 
     async def start_engine(self) -> None:
         """Load the model in a worker thread, then start the engine loop on this event loop."""
@@ -80,7 +84,7 @@ class ServerState:
             return
         engine.start(loop)
         info = engine.model_info
-        self.metrics = ServerMetrics(info.name, self.stats)
+        self.metrics = ServerMetrics(info.name, self.stats, self.slo.metric_samples)
         self.formatter = LogprobFormatter(engine.tokenizer)
         self.fingerprint = "fp_" + hashlib.sha256(f"{__version__}|{info.path}|{self.engine_config}".encode()
                                                   ).hexdigest()[:10]
@@ -89,6 +93,20 @@ class ServerState:
                     info.name, info.path, info.max_model_len, info.num_kv_blocks, info.block_size,
                     info.num_kv_blocks * info.block_size)
         self.loaded.set()
+
+
+def stall_reason(state: ServerState, timeout_s: float, now_s: float | None = None) -> str | None:
+    """Why the engine is not making progress, or None: work waits and no step ended for timeout_s."""
+    engine = state.engine
+    if engine is None or engine.work_since_s is None:
+        return None
+    now = time.monotonic() if now_s is None else now_s
+    last_step = engine.stats.last_step_end_s or 0.0
+    quiet_s = now - max(last_step, engine.work_since_s)
+    if quiet_s <= timeout_s:
+        return None
+    return (f"engine stalled: no step completed for {quiet_s:.1f} s with {engine.num_in_flight} requests "
+            f"in flight (watchdog timeout {timeout_s:g} s)")
 
 
 def _set_result(fut: asyncio.Future[AsyncEngine], value: AsyncEngine) -> None:
