@@ -6,10 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,10 +39,11 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(tmp_dir: Path, *extra: str, ready_timeout_s: float = 180.0, name: str = "server") -> LiveServer:
+def start_server(tmp_dir: Path, *extra: str, ready_timeout_s: float = 180.0, name: str = "server",
+                 env: dict[str, str] | None = None) -> LiveServer:
     port = free_port()
     log_path = tmp_dir / f"{name}.log"
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     cmd = [sys.executable, "-m", "servewise.cli", "serve", "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -56,6 +59,38 @@ def start_server(tmp_dir: Path, *extra: str, ready_timeout_s: float = 180.0, nam
         time.sleep(0.3)
     proc.kill()
     raise RuntimeError(f"server not ready in {ready_timeout_s}s:\n{log_path.read_text()}")
+
+
+class InProcessServer:
+    """uvicorn in a thread of the test process, so tests can reach into the engine."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.app = app
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> InProcessServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base_url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("in-process server not ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
 
 
 def stop_server(server: LiveServer) -> None:

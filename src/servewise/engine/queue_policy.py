@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import abc
-import heapq
-import itertools
+import math
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from servewise.engine.request import Request
 
@@ -79,53 +79,56 @@ class FCFSQueue(RequestQueue):
 
 
 class PriorityQueue(RequestQueue):
-    """Lower ``priority`` first, then earliest deadline, then arrival; preempted ones lead their rank.
+    """SLO classes: lower ``priority`` first, then earliest deadline, then arrival.
 
-    Used for SLO classes: interactive requests (priority 0) go before batch ones, and
-    a batch request is only preempted in favour of a more urgent class.
+    Aging keeps every class moving: a request whose deadline (its TTFT target) has
+    passed competes as the most urgent class, by deadline. Interactive requests go
+    ahead of batch ones that are still on time; a batch request that waited past its
+    own (longer) target is served before newer interactive ones. Preempted requests
+    lead their rank. Keys depend on the time, so the order is computed when the
+    scheduler walks the queue (a few hundred waiting requests at most, under admission).
     """
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, float, int, int, Request]] = []
-        self._counter = itertools.count()
-        self._removed: set[int] = set()  # id() of lazily deleted entries
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._items: list[tuple[int, Request]] = []  # (0 = preempted, 1 = new), request
+        self._clock = clock
 
-    def _key(self, request: Request, front: bool) -> tuple[int, float, int, int, Request]:
-        deadline = request.deadline_s if request.deadline_s is not None else float("inf")
-        return (request.priority, deadline, 0 if front else 1, next(self._counter), request)
+    def _ordered(self) -> list[tuple[int, Request]]:
+        now = self._clock()
+
+        def key(item: tuple[int, Request]) -> tuple[int, float, int, float]:
+            tier, r = item
+            deadline = r.deadline_s if r.deadline_s is not None else math.inf
+            rank = 0 if deadline <= now else r.priority
+            return rank, deadline, tier, r.timings.arrival_s
+
+        return sorted(self._items, key=key)
 
     def push(self, request: Request) -> None:
-        self._removed.discard(id(request))
-        heapq.heappush(self._heap, self._key(request, front=False))
+        self._items.append((1, request))
 
     def push_front(self, request: Request) -> None:
-        self._removed.discard(id(request))
-        heapq.heappush(self._heap, self._key(request, front=True))
-
-    def _prune(self) -> None:
-        while self._heap and id(self._heap[0][-1]) in self._removed:
-            self._removed.discard(id(heapq.heappop(self._heap)[-1]))
+        self._items.append((0, request))
 
     def peek(self) -> Request:
-        self._prune()
-        return self._heap[0][-1]
+        return self._ordered()[0][1]
 
     def pop(self) -> Request:
-        self._prune()
-        return heapq.heappop(self._heap)[-1]
+        item = self._ordered()[0]
+        self._items.remove(item)
+        return item[1]
 
     def remove(self, request: Request) -> None:
-        self._removed.add(id(request))
+        self._items = [item for item in self._items if item[1] is not request]
 
     def __len__(self) -> int:
-        return len(self._heap) - len(self._removed)
+        return len(self._items)
 
     def __iter__(self) -> Iterator[Request]:
-        return (entry[-1] for entry in sorted(self._heap) if id(entry[-1]) not in self._removed)
+        return iter([r for _, r in self._ordered()])
 
     def order_running(self, running: list[Request]) -> None:
-        running.sort(key=lambda r: (r.priority, r.deadline_s if r.deadline_s is not None else float("inf"),
-                                    r.timings.arrival_s))
+        running.sort(key=lambda r: (r.priority, r.timings.arrival_s))
 
 
 QUEUE_POLICIES: dict[str, type[RequestQueue]] = {"fcfs": FCFSQueue, "priority": PriorityQueue}

@@ -64,7 +64,8 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")}
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"]
+                   if k in (b"authorization", b"x-api-key")}
         runtime = self.state.slo
         public = scope["path"] in self.state.settings.public_routes
         try:

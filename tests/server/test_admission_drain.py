@@ -1,0 +1,102 @@
+"""Predictive admission under a burst, and graceful drain on SIGTERM, on the embedded model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.factories import embedded_gguf_path
+from tests.server.conftest import metric_value, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+TTFT_TARGET_S, SLACK = 1.0, 1.5
+
+
+def _prompt(i: int, words: int = 180) -> str:
+    return f"Request {i}. " + " ".join(f"word{(i * 7 + j) % 997}" for j in range(words))
+
+
+async def _stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, t0: float | None = None,
+                  headers: dict[str, str] | None = None) -> dict:
+    start = time.monotonic() if t0 is None else t0
+    body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 0}
+    out: dict = {"status": None, "ttft_s": None, "tokens": 0, "done": False, "finish": None, "headers": {}}
+    async with client.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
+        out["status"], out["headers"] = resp.status_code, dict(resp.headers)
+        if resp.status_code != 200:
+            out["body"] = json.loads(await resp.aread())
+            return out
+        async for line in resp.aiter_lines():
+            if line == "data: [DONE]":
+                out["done"] = True
+            elif line.startswith("data: "):
+                chunk = json.loads(line[6:])
+                choice = chunk["choices"][0]
+                if choice["text"] and out["ttft_s"] is None:
+                    out["ttft_s"] = time.monotonic() - start
+                out["tokens"] += bool(choice["text"])
+                out["finish"] = choice["finish_reason"] or out["finish"]
+    return out
+
+
+def test_burst_over_a_tight_ttft_slo_is_partly_shed_and_admitted_requests_meet_it(tmp_path_factory):
+    embedded_gguf_path()
+    srv = start_server(tmp_path_factory.mktemp("admission"), "--max-num-seqs", "32",
+                       "--slo-class", f"interactive:ttft={TTFT_TARGET_S}s@p99,priority=0,slack={SLACK}",
+                       name="admission")
+    try:
+        async def main() -> list[dict]:
+            async with httpx.AsyncClient(base_url=srv.base_url, timeout=120) as client:
+                for i in range(3):  # calibrates the step-cost model on this machine
+                    await _stream(client, _prompt(1000 + i), 4)
+                return list(await asyncio.gather(*(_stream(client, _prompt(i), 8) for i in range(24))))
+
+        results = asyncio.run(main())
+    finally:
+        stop_server(srv)
+    admitted = [r for r in results if r["status"] == 200]
+    shed = [r for r in results if r["status"] == 429]
+    assert len(admitted) + len(shed) == len(results), [r["status"] for r in results]  # no 5xx, nothing else
+    assert admitted and shed
+    for r in shed:
+        assert int(r["headers"]["retry-after"]) >= 1 and r["body"]["error"]["type"] == "overloaded_error"
+    for r in admitted:
+        assert r["done"] and r["tokens"] == 8 and r["finish"] == "length"  # every admitted request completes
+    ttfts = [r["ttft_s"] for r in admitted]
+    assert float(np.percentile(ttfts, 99)) <= TTFT_TARGET_S * SLACK, (ttfts, len(shed))
+
+
+def test_sigterm_drains_in_flight_streams_and_exits_0(tmp_path_factory):
+    embedded_gguf_path()
+    srv = start_server(tmp_path_factory.mktemp("drain"), "--drain-timeout", "60", name="drain")
+    try:
+        async def main() -> tuple[list[dict], httpx.Response, httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.base_url, timeout=120) as client:
+                streams = [asyncio.create_task(_stream(client, _prompt(i, 20), 40)) for i in range(8)]
+                while metric_value((await client.get("/metrics")).text, "servewise:num_requests_running") < 8:
+                    await asyncio.sleep(0.05)  # all 8 are in the running batch
+                srv.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                ready = await client.get("/ready")
+                refused = await client.post("/v1/completions", json={"prompt": "late", "max_tokens": 2})
+                return list(await asyncio.gather(*streams)), ready, refused
+
+        t = time.monotonic()
+        results, ready, refused = asyncio.run(main())
+        code = srv.process.wait(timeout=70)
+        elapsed = time.monotonic() - t
+    finally:
+        if srv.process.poll() is None:
+            stop_server(srv)
+    assert ready.status_code == 503
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["type"] == "service_unavailable"
+    assert all(r["status"] == 200 and r["done"] and r["tokens"] == 40 and r["finish"] == "length" for r in results)
+    assert code == 0 and elapsed < 60 + 5
