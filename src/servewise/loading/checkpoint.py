@@ -30,7 +30,7 @@ class Checkpoint:
 
     path: str  # resolved .gguf file or model directory
     format: str  # "gguf" | "safetensors"
-    model_name: str  # display name: GGUF general.name or file stem, or the directory name
+    model_name: str  # display name: the GGUF file stem, or the directory name
     arch: ModelArchConfig  # hyperparameters, bos/eos ids filled in
     # HF parameter name -> weight in the requested dtype, contiguous, on CPU. No lm_head.weight
     # when arch.tie_word_embeddings (the model reuses model.embed_tokens.weight).

@@ -95,6 +95,7 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> Checkpoint:
         if info.ggml_type not in FLOAT_TYPES:
             rows, cols = info.shape
             quantized[hf_name] = QuantizedTensor(info.ggml_type.name, (rows, cols), raw)
-    model_name = gguf.get_str("general.name") or os.path.splitext(os.path.basename(path))[0]
+    # The file name is what users see and type (general.name is often a training-run label).
+    model_name = os.path.splitext(os.path.basename(path))[0]
     return Checkpoint(path=path, format="gguf", model_name=model_name, arch=arch, tensors=tensors,
                       quantized=quantized, tokenizer=tokenizer)
