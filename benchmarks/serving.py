@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_server(port: int, log: Path) -> subprocess.Popen[bytes]:
     import httpx
 
+    # Admission off: this measures what HTTP adds, so the server must take the whole closed loop
+    # (with admission on, 32 clients retrying at once are shed as they should be). No prefix
+    # caching on either side: the bench's prompts share text, the offline side's random ones don't.
     cmd = [sys.executable, "-m", "servewise.cli", "serve", "--port", str(port), "--threads", "2",
-           "--no-request-log"]
+           "--no-request-log", "--admission", "off", "--no-prefix-caching"]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     for _ in range(600):
         try:
@@ -65,13 +68,14 @@ def bench_offline(concurrency: int, num_requests: int, output_len: int, prompt_l
 
     import torch
 
-    from servewise.config import DeviceConfig, EngineConfig
+    from servewise.config import CacheConfig, DeviceConfig, EngineConfig
     from servewise.engine.async_engine import AsyncEngine
     from servewise.engine.llm_engine import LLMEngine
     from servewise.types import SamplingParams
 
     torch.set_num_threads(2)
-    engine = AsyncEngine(LLMEngine(EngineConfig(device=DeviceConfig(num_threads=2))))
+    engine = AsyncEngine(LLMEngine(EngineConfig(device=DeviceConfig(num_threads=2),
+                                                 cache=CacheConfig(enable_prefix_caching=False))))
     rng = np.random.default_rng(0)
     params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=1.0)
     ttfts: list[float] = []
@@ -106,7 +110,12 @@ def bench_offline(concurrency: int, num_requests: int, output_len: int, prompt_l
         engine.shutdown()
         return tokens / elapsed
 
-    tok_s = asyncio.run(run())
+    try:  # the server runs on uvloop; so does this side, when it is installed
+        import uvloop
+
+        tok_s = uvloop.run(run())
+    except ImportError:
+        tok_s = asyncio.run(run())
     return {"ttft_p50": float(np.percentile(ttfts, 50)), "ttft_p99": float(np.percentile(ttfts, 99)),
             "itl_p50": float(np.percentile(itls, 50)), "itl_p99": float(np.percentile(itls, 99)), "tok_s": tok_s}
 

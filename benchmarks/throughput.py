@@ -170,7 +170,7 @@ def fmt(value: Any, unit: str = "") -> str:
 def print_table(results: dict[str, dict[str, Any]], peers: dict[str, Any]) -> None:
     rows = [("prefill tok/s (512-token prompt)", "prefill"), ("decode tok/s, 1 seq", "decode@1"),
             ("decode tok/s, 8 seqs", "decode@8"), ("decode tok/s, 32 seqs", "decode@32"),
-            ("decode tok/s, 64 seqs", "decode@64"), ("TTFT cold, 1,016 tokens (s)", "ttft_cold"),
+            ("decode tok/s, 64 seqs", "decode@64"), ("decode tok/s, 16 seqs", "decode@16"), ("TTFT cold, 1,016 tokens (s)", "ttft_cold"),
             ("TTFT cached 1,000-token prefix (s)", "ttft_cached"), ("peak RSS (MiB)", "rss_mib"),
             ("model load (s)", "load_s")]
     columns = [f"servewise {b}" for b in results] + [f"{name}" for name, v in peers.items() if isinstance(v, dict)]

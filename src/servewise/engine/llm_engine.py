@@ -178,7 +178,7 @@ class LLMEngine:
             sampled = self._run_isolated(sched)
             now = time.monotonic()
             self._account(sched, now - start)
-            self._update(sched, sampled, now)
+            self._update(sched, sampled, start, now)
             touched.update(c.request.group_id for c in sched.chunks)
         return self._collect(touched)
 
@@ -227,13 +227,13 @@ class LLMEngine:
         self.stats.record_step(StepRecord(duration_s=elapsed_s, num_tokens=total, num_prefill_tokens=num_prefill,
                                           num_requests=len(sched.chunks)))
 
-    def _update(self, sched: ScheduleOutput, sampled: Sampled, now: float) -> None:
+    def _update(self, sched: ScheduleOutput, sampled: Sampled, step_start_s: float, now: float) -> None:
         for chunk in sched.chunks:
             r = chunk.request
             if r.is_finished:  # failed in isolation, or aborted
                 continue
             if r.timings.first_scheduled_s is None:
-                r.timings.first_scheduled_s = now
+                r.timings.first_scheduled_s = step_start_s
             r.num_computed_tokens += chunk.num_new_tokens
             self.kv_cache.cache_full_blocks(r)
             if id(r) not in sampled:
