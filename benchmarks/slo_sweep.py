@@ -66,7 +66,9 @@ def start_llama_cpp(port: int, log: Path) -> subprocess.Popen[bytes]:
     from servewise.loading import embedded_model_path
 
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", embedded_model_path(), "--n_threads", "2",
-           "--n_threads_batch", "2", "--n_ctx", "4096", "--port", str(port), "--host", "127.0.0.1"]
+           "--n_threads_batch", "2", "--n_ctx", "4096", "--port", str(port), "--host", "127.0.0.1",
+           # its default cuts a running stream short whenever a new request arrives; queue them instead
+           "--interrupt_requests", "False"]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log)
     return proc
@@ -97,7 +99,7 @@ def point_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         n = max(1, s["num_requests"])
         shed = s["outcomes"].get("shed", 0)
         rows.append({
-            "rate": point["load"].get("rate"), "ok": s["outcomes"].get("ok", 0), "n": s["num_requests"],
+            "rate": point["load"].get("rate_per_s"), "ok": s["outcomes"].get("ok", 0), "n": s["num_requests"],
             "shed_pct": 100.0 * shed / n, "ttft_p50": s["ttft"]["p50_s"], "ttft_p99": s["ttft"]["p99_s"],
             "tpot_p50": s["tpot"]["p50_s"], "tpot_p99": s["tpot"]["p99_s"], "itl_p50": s["itl"]["p50_s"],
             "out_tok_s": s["output_tokens_per_s"], "goodput": s["goodput_per_s"],
@@ -133,19 +135,19 @@ def main() -> None:
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-overload", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "slo"))
+    parser.add_argument("--reuse", action="store_true", help="reuse results.json files already in --out")
+    parser.add_argument("--servewise-args", default="", help="extra `servewise serve` flags, e.g. "
+                        "'--max-num-batched-tokens 128'")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rates = [float(r) for r in args.rates.split(",")]
     print(f"Machine: {os.cpu_count()} cores; command: {' '.join(sys.argv)}; SLO TTFT ≤ {TTFT_S} s, "
           f"TPOT ≤ {TPOT_S * 1000:.0f} ms; Alpaca seed tasks, chat, max_tokens 128")
-    port = free_port()
-    proc = start_servewise(port, out / "servewise.log", "--admission", "off")
-    try:
-        ours = point_rows(bench(port, rates, args.duration_s, out / "servewise", "server"))
-    finally:
-        stop(proc)
-    best = print_sweep("servewise serve (embedded SmolLM2-135M Q4_1, admission off)", ours)
+    extra = args.servewise_args.split()
+    ours = point_rows(run_or_reuse(args.reuse, out / "servewise", lambda: sweep_servewise(
+        rates, args.duration_s, out, "--admission", "off", *extra)))
+    best = print_sweep(f"servewise serve (embedded SmolLM2-135M Q4_1, admission off {' '.join(extra)})", ours)
     if not args.skip_peer:
         try:
             peer_port = free_port()
@@ -154,7 +156,8 @@ def main() -> None:
             print(f"\nllama.cpp server not available ({str(exc)[:200]}): skipped")
         else:
             try:
-                theirs = point_rows(bench(peer_port, rates, args.duration_s, out / "llama_cpp", "approx"))
+                theirs = point_rows(run_or_reuse(args.reuse, out / "llama_cpp", lambda: bench(
+                    peer_port, rates, args.duration_s, out / "llama_cpp", "approx")))
             finally:
                 stop(peer)
             peer_best = print_sweep("llama.cpp server (llama-cpp-python, same GGUF, 2 threads)", theirs)
@@ -163,19 +166,38 @@ def main() -> None:
                 print(f"rate {a['rate']}: output tok/s ratio servewise/llama.cpp = {ratio:.2f}")
             print(f"highest SLO-meeting rate: servewise {best}, llama.cpp {peer_best}")
     if not args.skip_overload:
-        overload(best or rates[0], args.overload_duration_s, out)
+        overload(best or rates[0], args.overload_duration_s, out, extra, args.reuse)
 
 
-def overload(base_rate: float, duration_s: float, out: Path) -> None:
+def run_or_reuse(reuse: bool, directory: Path, run: Any) -> dict[str, Any]:
+    existing = directory / "results.json"
+    if reuse and existing.exists():
+        return dict(json.loads(existing.read_text()))
+    return dict(run())
+
+
+def sweep_servewise(rates: list[float], duration_s: float, out: Path, *flags: str) -> dict[str, Any]:
+    port = free_port()
+    proc = start_servewise(port, out / "servewise.log", *flags)
+    try:
+        return bench(port, rates, duration_s, out / "servewise", "server")
+    finally:
+        stop(proc)
+
+
+def overload(base_rate: float, duration_s: float, out: Path, extra: list[str], reuse: bool) -> None:
     multiples = [1, 2, 5]
     table = []
     for mode in ("enforce", "off"):
-        port = free_port()
-        proc = start_servewise(port, out / f"overload-{mode}.log", "--admission", mode)
-        try:
-            res = bench(port, [base_rate * m for m in multiples], duration_s, out / f"overload-{mode}", "server")
-        finally:
-            stop(proc)
+        def run(mode: str = mode) -> dict[str, Any]:
+            port = free_port()
+            proc = start_servewise(port, out / f"overload-{mode}.log", "--admission", mode, *extra)
+            try:
+                return bench(port, [base_rate * m for m in multiples], duration_s, out / f"overload-{mode}", "server")
+            finally:
+                stop(proc)
+
+        res = run_or_reuse(reuse, out / f"overload-{mode}", run)
         for m, row in zip(multiples, point_rows(res), strict=True):
             table.append((m, mode, row))
     print(f"\n### Overload: open loop at 1×, 2×, 5× of {base_rate} req/s, {duration_s:.0f} s each\n")

@@ -100,3 +100,29 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(tmp_path_factory):
     assert refused.json()["error"]["type"] == "service_unavailable"
     assert all(r["status"] == 200 and r["done"] and r["tokens"] == 40 and r["finish"] == "length" for r in results)
     assert code == 0 and elapsed < 60 + 5
+
+
+def test_a_second_sigterm_stops_at_once(tmp_path_factory):
+    embedded_gguf_path()
+    srv = start_server(tmp_path_factory.mktemp("drain2"), "--drain-timeout", "120", name="drain2")
+    try:
+        async def main() -> list[dict]:
+            async with httpx.AsyncClient(base_url=srv.base_url, timeout=120) as client:
+                streams = [asyncio.create_task(_stream(client, _prompt(i, 20), 2000)) for i in range(4)]
+                while metric_value((await client.get("/metrics")).text, "servewise:num_requests_running") < 4:
+                    await asyncio.sleep(0.05)
+                srv.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                srv.process.send_signal(signal.SIGTERM)
+                return list(await asyncio.gather(*streams, return_exceptions=True))
+
+        t = time.monotonic()
+        results = asyncio.run(main())
+        code = srv.process.wait(timeout=30)
+        elapsed = time.monotonic() - t
+    finally:
+        if srv.process.poll() is None:
+            stop_server(srv)
+    assert code == 0 and elapsed < 20  # far sooner than 4 × 2000 tokens or the 120 s drain timeout
+    for r in results:  # cut short, and told so: finish_reason "abort" then [DONE]
+        assert isinstance(r, dict) and r["finish"] == "abort" and r["done"] and r["tokens"] < 2000

@@ -193,3 +193,20 @@ def test_config_from_scheduler_and_validation():
         AdmissionConfig(min_retry_after_s=0.5)
     with pytest.raises(ValueError):
         AdmissionConfig(max_queued_prefill_tokens=0)
+
+
+def test_steps_slower_than_the_tpot_target_shed_new_requests():
+    clock = FakeClock()
+    ctl = controller(clock)
+    chat = make_class("chat", ttft_s=5.0, tpot_s=0.1, admission_slack=1.0)
+    fast = [FakeStep(0.05, 20, 0, 20, clock.now_s - 2.0 + 0.05 * i) for i in range(20)]
+    ctl.observe_steps(fast)  # 50 ms steps: room for one more sequence under 90 ms
+    assert ctl.decide(PROMPT, chat, num_running=20, num_waiting=0).admitted
+    slow = [FakeStep(0.12, 40, 0, 40, clock.now_s - 1.0 + 0.01 * i) for i in range(50)]
+    ctl.observe_steps(slow)  # the last 3 s now average ~0.1 s per step: over the 90 ms guard
+    decision = ctl.decide(PROMPT, chat, num_running=40, num_waiting=0)
+    assert not decision.admitted and decision.shed_reason is ShedReason.TPOT_SLO
+    assert decision.retry_after_s >= 1 and "time per output token" in decision.message
+    assert ctl.decide(PROMPT, INTERACTIVE, num_running=40, num_waiting=0).admitted  # no TPOT target: admitted
+    clock.advance(10)  # the window has passed with no steps: nothing to hold against new requests
+    assert ctl.decide(PROMPT, chat, num_running=0, num_waiting=0).admitted

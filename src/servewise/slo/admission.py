@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -60,6 +60,7 @@ class ShedReason(str, enum.Enum):
     QUEUE_TOKENS = "queue_tokens"  # queued prefill tokens would exceed the token cap
     QUEUE_WAIT = "queue_wait"  # predicted wait before prefill > the class's max_queue_wait_s
     TTFT_SLO = "ttft_slo"  # predicted TTFT > the class's ttft_s × admission_slack
+    TPOT_SLO = "tpot_slo"  # steps are already too slow for the class's tpot_s with one more sequence
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class AdmissionConfig:
     max_queued_prefill_tokens: int | None = None  # cap on prompt tokens waiting for prefill; None = none
     max_num_waiting_requests: int | None = None  # cap on the engine's waiting queue; None = none
     min_retry_after_s: float = 1.0  # floor of Retry-After
+    # Time per output token as running requests experience it = the mean engine step over this
+    # window (prefill-heavy steps included); a class's tpot_s is guarded with this margin below it.
+    tpot_window_s: float = 3.0
+    tpot_margin: float = 0.9
     cost_model: CostModelConfig = field(default_factory=CostModelConfig)
     error_window: int = 1024  # predictions kept for the error statistics
 
@@ -84,6 +89,8 @@ class AdmissionConfig:
             raise ValueError("min_retry_after_s must be ≥ 1 (Retry-After is whole seconds)")
         if self.error_window < 1:
             raise ValueError("error_window must be ≥ 1")
+        if not (self.tpot_window_s > 0 and 0 < self.tpot_margin <= 1):
+            raise ValueError("tpot_window_s must be > 0 and tpot_margin in (0, 1]")
 
     @classmethod
     def for_scheduler(cls, scheduler: SchedulerConfig, **kwargs: Any) -> AdmissionConfig:
@@ -137,11 +144,22 @@ class AdmissionController:
         self.num_admitted = 0
         self.num_shed: Counter[ShedReason] = Counter()
         self.num_would_shed: Counter[ShedReason] = Counter()  # OBSERVE mode
+        self._recent_steps: deque[tuple[float, float]] = deque(maxlen=1024)  # (end_s, duration_s)
 
     # -- inputs -------------------------------------------------------------------------
     def observe_steps(self, steps: Iterable[StepTiming]) -> int:
         """Feed the engine's recent steps (``EngineStats.recent_steps``); repeats are skipped."""
+        steps = list(steps)
+        last_end = self._recent_steps[-1][0] if self._recent_steps else -math.inf
+        self._recent_steps.extend((s.end_s, s.duration_s) for s in steps if s.end_s > last_end)
         return self.cost_model.observe_new(steps)
+
+    def recent_step_s(self) -> float | None:
+        """Mean engine step over the last tpot_window_s: the time per output token running
+        requests get now. None when the engine ran no step in the window."""
+        since = self._clock() - self.config.tpot_window_s
+        durations = [d for end, d in self._recent_steps if end >= since]
+        return sum(durations) / len(durations) if durations else None
 
     def on_admitted(self, request_key: Hashable, prompt_tokens: int, slo_class: SLOClass,
                     predicted_ttft_s: float | None = None) -> None:
@@ -210,6 +228,9 @@ class AdmissionController:
         ahead = pred.num_prefill_tokens_ahead
         if c.max_num_waiting_requests is not None and num_waiting >= c.max_num_waiting_requests:
             return ShedReason.QUEUE_REQUESTS, f"{num_waiting} requests are waiting (cap {c.max_num_waiting_requests})"
+        tpot = self._tpot_overload(slo)
+        if tpot is not None:
+            return ShedReason.TPOT_SLO, tpot
         if ahead == 0:
             return None  # nothing to wait out: shedding would not help this request
         if c.max_queued_prefill_tokens is not None and ahead + prompt_tokens > c.max_queued_prefill_tokens:
@@ -223,6 +244,19 @@ class AdmissionController:
                                          f"{slo.ttft_s * slo.admission_slack:.2f} s (target {slo.ttft_s:g} s × "
                                          f"slack {slo.admission_slack:g})")
         return None
+
+    def _tpot_overload(self, slo: SLOClass) -> str | None:
+        """Why one more sequence would push running requests past the class's TPOT target."""
+        recent = self.recent_step_s()
+        if slo.tpot_s is None or recent is None:
+            return None
+        predicted = recent + self.cost_model.cost().decode_s_per_token
+        limit = slo.tpot_s * self.config.tpot_margin
+        if predicted <= limit:
+            return None
+        return (f"engine steps take {recent * 1e3:.0f} ms: with one more sequence the time per output token "
+                f"would be {predicted * 1e3:.0f} ms, over {limit * 1e3:.0f} ms (target {slo.tpot_s * 1e3:g} ms "
+                f"× margin {self.config.tpot_margin:g})")
 
     def decide(self, prompt_tokens: int, slo_class: SLOClass, *, num_running: int,
                num_waiting: int) -> AdmissionDecision:
