@@ -222,13 +222,13 @@ class AdmissionController:
         return TTFTPrediction(ttft_s=ttft_s, queue_wait_s=wait_s, num_prefill_tokens_ahead=ahead,
                               num_steps=num_steps)
 
-    def _shed_reason(self, pred: TTFTPrediction, prompt_tokens: int, slo: SLOClass,
+    def _shed_reason(self, pred: TTFTPrediction, prompt_tokens: int, slo: SLOClass, num_running: int,
                      num_waiting: int) -> tuple[ShedReason, str] | None:
         c = self.config
         ahead = pred.num_prefill_tokens_ahead
         if c.max_num_waiting_requests is not None and num_waiting >= c.max_num_waiting_requests:
             return ShedReason.QUEUE_REQUESTS, f"{num_waiting} requests are waiting (cap {c.max_num_waiting_requests})"
-        tpot = self._tpot_overload(slo)
+        tpot = self._tpot_overload(slo, num_running)
         if tpot is not None:
             return ShedReason.TPOT_SLO, tpot
         if ahead == 0:
@@ -245,10 +245,11 @@ class AdmissionController:
                                          f"slack {slo.admission_slack:g})")
         return None
 
-    def _tpot_overload(self, slo: SLOClass) -> str | None:
-        """Why one more sequence would push running requests past the class's TPOT target."""
+    def _tpot_overload(self, slo: SLOClass, num_running: int) -> str | None:
+        """Why one more sequence would push running requests past the class's TPOT target
+        (never on an idle engine: recent slow steps then say nothing about the next ones)."""
         recent = self.recent_step_s()
-        if slo.tpot_s is None or recent is None:
+        if slo.tpot_s is None or recent is None or num_running == 0:
             return None
         predicted = recent + self.cost_model.cost().decode_s_per_token
         limit = slo.tpot_s * self.config.tpot_margin
@@ -262,7 +263,7 @@ class AdmissionController:
                num_waiting: int) -> AdmissionDecision:
         """Admit or shed, without registering the request; counts the decision."""
         pred = self.predict(prompt_tokens, slo_class, num_running=num_running)
-        found = self._shed_reason(pred, prompt_tokens, slo_class, num_waiting)
+        found = self._shed_reason(pred, prompt_tokens, slo_class, num_running, num_waiting)
         if found is None:
             self.num_admitted += 1
             return AdmissionDecision(True, pred, slo_class.name, None, None, None)
