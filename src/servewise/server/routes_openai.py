@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,7 +18,7 @@ from servewise.server.protocol import ChatCompletionRequest, CompletionRequest
 from servewise.server.request_log import log_finished
 from servewise.server.slo_runtime import ANONYMOUS, Ticket, reserved_tokens
 from servewise.server.state import ServerState
-from servewise.server.validation import ValidGeneration, parse_body, parse_chat, parse_completion
+from servewise.server.validation import Body, ValidGeneration, parse_body, parse_chat, parse_completion
 from servewise.slo import Outcome, RequestUsage, Tenant
 
 router = APIRouter()
@@ -54,22 +55,22 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    arrival_s = time.monotonic()
-    state = get_state(request)
-    engine = state.require_engine()
-    body = parse_body(ChatCompletionRequest, await read_body(request, state.config.max_body_bytes))
-    valid = parse_chat(body, engine.tokenizer, engine.model_info.name, state.config)
-    return await _generate(request, state, valid, arrival_s, "chat")
+    return await _endpoint(request, ChatCompletionRequest, parse_chat, "chat")
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
+    return await _endpoint(request, CompletionRequest, parse_completion, "completions")
+
+
+async def _endpoint(request: Request, body_model: type[Body], parse: Callable[..., ValidGeneration],
+                    endpoint: str) -> Response:
     arrival_s = time.monotonic()
     state = get_state(request)
     engine = state.require_engine()
-    body = parse_body(CompletionRequest, await read_body(request, state.config.max_body_bytes))
-    valid = parse_completion(body, engine.tokenizer, engine.model_info.name, state.config)
-    return await _generate(request, state, valid, arrival_s, "completions")
+    body = parse_body(body_model, await read_body(request, state.config.max_body_bytes))
+    valid = parse(body, engine.tokenizer, engine.model_info.name, state.config)
+    return await _generate(request, state, valid, arrival_s, endpoint)
 
 
 async def _generate(request: Request, state: ServerState, valid: ValidGeneration, arrival_s: float,

@@ -107,6 +107,25 @@ static inline void scale(float alpha, float *restrict y, int64_t n) {
  *   token_rows    [num_tokens] row of block_tables per token
  *   ctx_lens      [num_tokens] keys visible to the token (positions 0..ctx_len-1)
  */
+/* Online softmax state of one work item: per query head, a running max, a running sum of
+ * exp(score - max), and the exp-weighted sum of values. */
+static void online_softmax_init(float acc[][SW_MAX_HEAD_DIM], float *run_max, float *run_sum, int64_t group,
+                                int64_t head_dim) {
+    for (int64_t g = 0; g < group; g++) {
+        run_max[g] = -FLT_MAX;
+        run_sum[g] = 0.0f;
+        memset(acc[g], 0, (size_t)head_dim * sizeof(float));
+    }
+}
+
+static void online_softmax_finish(float acc[][SW_MAX_HEAD_DIM], const float *run_sum, int64_t group,
+                                  int64_t head_dim, float *out_h) {
+    for (int64_t g = 0; g < group; g++) {
+        const float inv = run_sum[g] > 0.0f ? 1.0f / run_sum[g] : 0.0f;
+        for (int64_t d = 0; d < head_dim; d++) out_h[g * head_dim + d] = acc[g][d] * inv;
+    }
+}
+
 static void attend_item(const float *restrict qh, const char *k_cache, const char *v_cache, int is_f16,
                         const int32_t *restrict table, int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads,
                         int64_t group, int64_t head_dim, int64_t block_size, float sm_scale,
@@ -118,11 +137,7 @@ static void attend_item(const float *restrict qh, const char *k_cache, const cha
     const int64_t elem = is_f16 ? 2 : 4;
     const int64_t row_bytes = head_dim * elem;
     const int64_t block_bytes = num_kv_heads * block_size * row_bytes;
-    for (int64_t g = 0; g < group; g++) {
-        run_max[g] = -FLT_MAX;
-        run_sum[g] = 0.0f;
-        memset(acc[g], 0, (size_t)head_dim * sizeof(float));
-    }
+    online_softmax_init(acc, run_max, run_sum, group, head_dim);
     const int64_t num_blocks = (ctx_len + block_size - 1) / block_size;
     for (int64_t b = 0; b < num_blocks; b++) {
         const int64_t n = (b == num_blocks - 1) ? ctx_len - b * block_size : block_size;
@@ -153,10 +168,7 @@ static void attend_item(const float *restrict qh, const char *k_cache, const cha
             for (int64_t g = 0; g < group; g++) axpy(scores[g][j], row, acc[g], head_dim);
         }
     }
-    for (int64_t g = 0; g < group; g++) {
-        const float inv = run_sum[g] > 0.0f ? 1.0f / run_sum[g] : 0.0f;
-        for (int64_t d = 0; d < head_dim; d++) out_h[g * head_dim + d] = acc[g][d] * inv;
-    }
+    online_softmax_finish(acc, run_sum, group, head_dim, out_h);
 }
 
 #ifdef SW_AVX2
@@ -210,11 +222,7 @@ static inline __attribute__((always_inline)) void attend_item_avx2(const float *
     const int64_t row_bytes = head_dim * (is_f16 ? 2 : 4);
     const int64_t block_bytes = num_kv_heads * block_size * row_bytes;
     const __m256 vscale = _mm256_set1_ps(sm_scale);
-    for (int64_t g = 0; g < group; g++) {
-        run_max[g] = -FLT_MAX;
-        run_sum[g] = 0.0f;
-        memset(acc[g], 0, (size_t)head_dim * sizeof(float));
-    }
+    online_softmax_init(acc, run_max, run_sum, group, head_dim);
     const int64_t num_blocks = (ctx_len + block_size - 1) / block_size;
     for (int64_t b = 0; b < num_blocks; b++) {
         const int64_t n = (b == num_blocks - 1) ? ctx_len - b * block_size : block_size;
@@ -276,10 +284,7 @@ static inline __attribute__((always_inline)) void attend_item_avx2(const float *
             }
         }
     }
-    for (int64_t g = 0; g < group; g++) {
-        const float inv = run_sum[g] > 0.0f ? 1.0f / run_sum[g] : 0.0f;
-        for (int64_t d = 0; d < head_dim; d++) out_h[g * head_dim + d] = acc[g][d] * inv;
-    }
+    online_softmax_finish(acc, run_sum, group, head_dim, out_h);
 }
 static void attend_item_avx2_f32(const float *qh, const char *k_cache, const char *v_cache, const int32_t *table,
                                  int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads, int64_t group,
@@ -404,29 +409,6 @@ static void int8_dot_2(const float *restrict x0, const float *restrict x1, const
 #endif
 }
 
-int sw_int8_linear(const float *x, int64_t m, int64_t k, const int8_t *q, const float *scales, const float *bias,
-                   float *out, int64_t n) {
-    if (m <= 0 || k <= 0 || n <= 0) return 1;
-#pragma omp parallel for schedule(static)
-    for (int64_t col = 0; col < n; col++) {
-        const int8_t *w = q + col * k;
-        const float b = bias ? bias[col] : 0.0f;
-        int64_t r = 0;
-        for (; r + 2 <= m; r += 2) {
-            float s0, s1;
-            int8_dot_2(x + r * k, x + (r + 1) * k, w, k, &s0, &s1);
-            out[r * n + col] = s0 * scales[col] + b;
-            out[(r + 1) * n + col] = s1 * scales[col] + b;
-        }
-        if (r < m) {
-            float s0;
-            int8_dot_1(x + r * k, w, k, &s0);
-            out[r * n + col] = s0 * scales[col] + b;
-        }
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------------------------- */
 /* one Llama decoder layer for a small step (every token through the paged kernel)       */
 /*
@@ -494,6 +476,15 @@ static void qlinear_cols(const sw_qlinear *l, const float *x, int64_t m, float *
             out[r * ldo + col] = accumulate ? out[r * ldo + col] + s0 : s0;
         }
     }
+}
+
+int sw_int8_linear(const float *x, int64_t m, int64_t k, const int8_t *q, const float *scales, const float *bias,
+                   float *out, int64_t n) {
+    if (m <= 0 || k <= 0 || n <= 0) return 1;
+    const sw_qlinear layer = {q, scales, bias, n, k};
+#pragma omp parallel
+    qlinear_cols(&layer, x, m, out, n, 0);
+    return 0;
 }
 
 /* fp32 -> fp16, round to nearest even (as torch's .half()) */
