@@ -16,7 +16,7 @@ def http(live_server):
         yield c
 
 
-def _error(resp: httpx.Response, status: int) -> dict:
+def expect_error(resp: httpx.Response, status: int) -> dict:
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
@@ -53,36 +53,36 @@ BAD_CHAT = [
 
 @pytest.mark.parametrize(("body", "param"), BAD_CHAT)
 def test_bad_chat_parameters_are_400_naming_the_parameter(http, body, param):
-    err = _error(http.post("/v1/chat/completions", json=body), 400)
+    err = expect_error(http.post("/v1/chat/completions", json=body), 400)
     assert err["param"] == param and err["type"] == "invalid_request_error"
 
 
 def test_malformed_json_is_400(http):
-    err = _error(http.post("/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}), 400)
+    err = expect_error(http.post("/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}), 400)
     assert "JSON" in err["message"]
 
 
 def test_prompt_too_long_says_both_numbers(http):
     ids = list(range(1000, 1000 + 8000))
-    err = _error(http.post("/v1/completions", json={"prompt": ids, "max_tokens": 500}), 400)
+    err = expect_error(http.post("/v1/completions", json={"prompt": ids, "max_tokens": 500}), 400)
     assert "8192" in err["message"] and "8500" in err["message"]
 
 
 def test_unknown_model_is_404(http):
-    err = _error(http.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}), 404)
+    err = expect_error(http.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}), 404)
     assert err["code"] == "model_not_found" and err["param"] == "model"
 
 
 def test_body_over_the_limit_is_413(http):
     huge = {"messages": [{"role": "user", "content": "x" * 70_000}]}
-    _error(http.post("/v1/chat/completions", json=huge), 413)
+    expect_error(http.post("/v1/chat/completions", json=huge), 413)
 
 
 def test_bad_completions_prompts(http):
-    _error(http.post("/v1/completions", json={"prompt": [], "max_tokens": 1}), 400)
-    _error(http.post("/v1/completions", json={"prompt": [[1, 2]] * 65, "max_tokens": 1}), 400)
-    _error(http.post("/v1/completions", json={"prompt": [-1, 5], "max_tokens": 1}), 400)
-    _error(http.post("/v1/completions", json={"prompt": "x", "echo": True, "logprobs": 1}), 400)
+    expect_error(http.post("/v1/completions", json={"prompt": [], "max_tokens": 1}), 400)
+    expect_error(http.post("/v1/completions", json={"prompt": [[1, 2]] * 65, "max_tokens": 1}), 400)
+    expect_error(http.post("/v1/completions", json={"prompt": [-1, 5], "max_tokens": 1}), 400)
+    expect_error(http.post("/v1/completions", json={"prompt": "x", "echo": True, "logprobs": 1}), 400)
 
 
 def test_unknown_fields_are_ignored(http):
@@ -91,7 +91,7 @@ def test_unknown_fields_are_ignored(http):
 
 
 def test_unknown_route_is_an_openai_404(http):
-    _error(http.get("/v1/nothing-here"), 404)
+    expect_error(http.get("/v1/nothing-here"), 404)
 
 
 def test_request_id_is_kept_or_made(http):
@@ -112,4 +112,4 @@ def test_tokenize_and_detokenize_round_trip(http):
     t = http.post("/tokenize", json={"prompt": "Hello world"}).json()
     assert t["count"] == len(t["tokens"]) and t["max_model_len"] == 8192
     assert http.post("/detokenize", json={"tokens": t["tokens"]}).json()["prompt"] == "Hello world"
-    _error(http.post("/detokenize", json={"tokens": [10**9]}), 400)
+    expect_error(http.post("/detokenize", json={"tokens": [10**9]}), 400)

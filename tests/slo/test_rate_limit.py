@@ -103,4 +103,9 @@ def test_other_tenants_unaffected(clock):
 def test_reloaded_limits_take_effect(clock):
     limiter = RateLimiter(clock)
     limiter.acquire(tenant(requests_per_minute=1), 1)
-    limiter.acquire(tenant(requests_per_minute=2), 1)  # new limits: a fresh bucket
+    with pytest.raises(RateLimitError):
+        limiter.acquire(tenant(requests_per_minute=1), 1)  # the old limit is spent
+    limiter.acquire(tenant(requests_per_minute=2), 1)  # new limits: a fresh bucket of 2
+    limiter.acquire(tenant(requests_per_minute=2), 1)
+    with pytest.raises(RateLimitError):
+        limiter.acquire(tenant(requests_per_minute=2), 1)
