@@ -28,9 +28,11 @@ def _mkl_packing_available() -> bool:
 
 
 def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-row int8: weight ≈ q * scale[:, None]; scale stored in bf16.
+    """Symmetric per-output-row int8: weight ≈ q * scale[:, None].
 
-    The scale is rounded to bf16 *before* quantizing, so the bf16 storage adds no error.
+    The scale is rounded to bf16 precision *before* quantizing: q (8 bits) × scale (8-bit
+    mantissa) is then exact in fp32, so the int8 kernel and the fp32 GEMM on q × scale
+    see exactly the same weights.
     """
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).to(torch.bfloat16)
