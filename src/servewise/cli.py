@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from servewise import __version__
-from servewise.config import CacheConfig, DeviceConfig, EngineConfig, SchedulerConfig, ServerConfig
+from servewise.config import (
+    CacheConfig,
+    ConfigError,
+    DeviceConfig,
+    EngineConfig,
+    SchedulerConfig,
+    ServerConfig,
+)
+from servewise.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from servewise.engine.llm_engine import LLMEngine
@@ -43,10 +51,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=env("SERVEWISE_MODEL"),
                    help="GGUF file or Hugging Face directory (default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--served-model-name", default=None, help="model name clients use (default: from the file)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (bf16 on a GPU)")
     g.add_argument("--linear-backend", default="auto", choices=["auto", "fp32", "int8"],
                    help="CPU linear kernels: auto = int8 for small steps, fp32 GEMM for large ones; "
-                        "fp32 = batch-invariant and identical to transformers")
+                        "fp32 = batch-invariant and identical to transformers. On a GPU: auto = bf16, fp32 = fp32")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     g.add_argument("--kv-cache-memory", type=parse_size, default=parse_size("1GiB"),
@@ -272,7 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_process(args.log_level)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ConfigError, ModelLoadError) as exc:  # the user's to fix: one line, no traceback
+        print(f"servewise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

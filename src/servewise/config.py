@@ -5,6 +5,7 @@ Nothing here reads the environment; the CLI builds these from flags and env vars
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +14,13 @@ SUPPORTED_ROPE_SCALING = ("linear", "llama3", "default")
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says which and why."""
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -104,14 +109,18 @@ class DeviceConfig:
     device: str = "cpu"  # "cpu" or "cuda" / "cuda:N"
     # Linear-layer kernels: "fp32" everywhere (batch-invariant, matches transformers), or
     # "auto": packed int8 weights for small steps, fp32 GEMM for large ones (fastest on CPU).
+    # On a GPU, "auto" computes in bf16 and "fp32" in fp32 (slower, matches transformers fp32).
     linear_backend: str = "auto"
     num_threads: int | None = None  # torch intra-op threads; None = leave torch's default
 
     def __post_init__(self) -> None:
-        _require(self.device == "cpu" or self.device.startswith("cuda"), f"unknown device {self.device!r}")
+        _require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+                 f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         _require(self.linear_backend in ("auto", "fp32", "int8"),
                  f"linear_backend must be auto, fp32 or int8, got {self.linear_backend!r}")
         _require(self.num_threads is None or self.num_threads >= 1, "num_threads must be ≥ 1")
+        _require(self.device == "cpu" or self.linear_backend != "int8",
+                 "linear_backend int8 is a CPU kernel; on a GPU use auto (bf16) or fp32")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from servewise.config import EngineConfig
+from servewise.config import ConfigError, DeviceConfig, EngineConfig
 from servewise.engine.detokenizer import StopAwareDetokenizer
 from servewise.engine.kv_cache_manager import KVCacheManager
 from servewise.engine.model_runner import (
@@ -67,6 +67,25 @@ def resolve_kv_dtype(config: EngineConfig, model_dtype: torch.dtype) -> torch.dt
     return torch.float32 if config.device.linear_backend == "fp32" else torch.float16
 
 
+def resolve_device(config: DeviceConfig) -> torch.device:
+    """The torch device to run on, or a ConfigError saying why it cannot be used here."""
+    dev = torch.device(config.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                              "install a CUDA build of torch or use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {config.device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+def model_dtype(config: DeviceConfig, dev: torch.device) -> torch.dtype:
+    """fp32 on CPU (the native kernels take it from there); bf16 on a GPU unless fp32 was asked for."""
+    if dev.type == "cpu" or config.linear_backend == "fp32":
+        return torch.float32
+    return torch.bfloat16
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None) -> None:
         self.config = config
@@ -75,8 +94,8 @@ class LLMEngine:
 
             checkpoint = load_checkpoint(config.model)
         ckpt = checkpoint
-        dev = torch.device(config.device.device)
-        dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+        dev = resolve_device(config.device)
+        dtype = model_dtype(config.device, dev)
         if config.device.num_threads is not None:
             torch.set_num_threads(config.device.num_threads)
         self.tokenizer = ckpt.tokenizer
