@@ -69,7 +69,7 @@ class ModelRunner:
                 return RunnerOutput(torch.empty(0, self.model.config.vocab_size), [])
             rows = torch.tensor(sample_rows, device=self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))
-        return RunnerOutput(logits.to("cpu"), sample_requests)
+        return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), sample_requests)  # fp32 for sampling
 
     def _prepare(self, chunks: list[ScheduledChunk]
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[ScheduledChunk]]:
@@ -119,5 +119,6 @@ class ModelRunner:
             paged_token_rows=tensor(token_rows, torch.int32),
             paged_ctx_lens=tensor(ctx_lens, torch.int32),
             dense_segments=segments,
+            paged_max_ctx_len=max(ctx_lens, default=0),
         )
         return tensor(ids), positions, meta, paged + dense

@@ -44,6 +44,7 @@ class AttentionMetadata:
     paged_token_rows: torch.Tensor  # [num_paged_tokens] int32: row of paged_block_tables per token
     paged_ctx_lens: torch.Tensor  # [num_paged_tokens] int32: keys visible to each token (its position + 1)
     dense_segments: list[DenseSegment]
+    paged_max_ctx_len: int | None = None  # max of paged_ctx_lens, known on the host (saves a GPU sync a layer)
 
 
 class PagedAttention:
@@ -86,7 +87,7 @@ class PagedAttention:
             return native.paged_attention(lib, q, k_cache, v_cache, meta.paged_block_tables,
                                           meta.paged_token_rows, meta.paged_ctx_lens, self.scale)
         return paged_attention_torch(q, k_cache, v_cache, meta.paged_block_tables, meta.paged_token_rows,
-                                     meta.paged_ctx_lens, self.scale)
+                                     meta.paged_ctx_lens, self.scale, meta.paged_max_ctx_len)
 
     def _dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, seg: DenseSegment) -> torch.Tensor:
@@ -117,12 +118,12 @@ def _gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor, num_tokens: int
 
 def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                           block_tables: torch.Tensor, token_rows: torch.Tensor, ctx_lens: torch.Tensor,
-                          scale: float) -> torch.Tensor:
+                          scale: float, max_ctx_len: int | None = None) -> torch.Tensor:
     """Reference paged attention in plain torch (any device): gather, mask, softmax."""
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
-    max_len = int(ctx_lens.max().item())
+    max_len = int(ctx_lens.max().item()) if max_ctx_len is None else max_ctx_len
     num_blocks = (max_len + block_size - 1) // block_size
     tables = block_tables.long()[token_rows.long(), :num_blocks]  # [T, nb]
 
@@ -135,5 +136,5 @@ def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale  # [T, Hkv, G, L]
     positions = torch.arange(scores.shape[-1], device=q.device)
     invisible = positions.view(1, 1, 1, -1) >= ctx_lens.view(-1, 1, 1, 1).to(q.device)
-    probs = torch.softmax(scores.masked_fill(invisible, float("-inf")), dim=-1)
-    return torch.matmul(probs, values).reshape(num_tokens, num_heads, head_dim)
+    probs = torch.softmax(scores.float().masked_fill(invisible, float("-inf")), dim=-1)  # fp32 even for bf16
+    return torch.matmul(probs.to(values.dtype), values).reshape(num_tokens, num_heads, head_dim)
