@@ -1,12 +1,18 @@
-"""Engines on tiny random checkpoints written by the tests (fixture `tiny_dirs` in tests/conftest.py)."""
+"""Engines on tiny random checkpoints written by the tests (fixture `tiny_dirs` in tests/conftest.py).
+
+`SERVEWISE_TEST_DEVICE=cuda pytest tests/engine` runs these same tests on a GPU (CI has none).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from servewise.config import CacheConfig, DeviceConfig, EngineConfig, SchedulerConfig
 from servewise.engine.llm_engine import LLMEngine
 from servewise.loading import Checkpoint, load_checkpoint
+
+TEST_DEVICE = os.environ.get("SERVEWISE_TEST_DEVICE", "cpu")
 
 
 def make_engine(path: str | Path, *, backend: str = "fp32", num_blocks: int | None = 512, block_size: int = 4,
@@ -17,5 +23,5 @@ def make_engine(path: str | Path, *, backend: str = "fp32", num_blocks: int | No
         cache=CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=prefix_caching,
                           kv_cache_dtype=kv_cache_dtype),
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
-        device=DeviceConfig(linear_backend=backend, num_threads=None))
+        device=DeviceConfig(device=TEST_DEVICE, linear_backend=backend, num_threads=None))
     return LLMEngine(config, checkpoint or load_checkpoint(str(path)))

@@ -11,7 +11,7 @@ import transformers
 from servewise.engine.llm import LLM
 from servewise.loading import load_checkpoint
 from servewise.types import SamplingParams
-from tests.engine.conftest import make_engine
+from tests.engine.conftest import TEST_DEVICE, make_engine
 from tests.engine.test_engine_correctness import engine_greedy
 from tests.factories import embedded_gguf_path
 
@@ -42,17 +42,18 @@ def test_greedy_tokens_equal_transformers_on_the_embedded_gguf(gguf):
     engine = make_engine(gguf, backend="fp32", block_size=16, num_blocks=400, checkpoint=ckpt)
     ours = engine_greedy(engine, prompts, num_tokens=16)
     model = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
-                                                              torch_dtype=torch.float32).eval()
+                                                              torch_dtype=torch.float32).eval().to(TEST_DEVICE)
     model.generation_config.eos_token_id = None
     with torch.inference_mode():
         for p, mine in zip(prompts, ours, strict=True):
-            ids = model.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, pad_token_id=2,
-                                 attention_mask=torch.ones(1, len(p), dtype=torch.long))
+            ids = model.generate(torch.tensor([p], device=TEST_DEVICE), max_new_tokens=16, do_sample=False,
+                                 pad_token_id=2, attention_mask=torch.ones(1, len(p), dtype=torch.long,
+                                                                           device=TEST_DEVICE))
             assert ids[0, len(p):].tolist() == mine, tok.decode(p)
 
 
-def test_default_engine_answers_paris():
-    llm = LLM()
+def test_default_engine_answers_paris(gguf):
+    llm = LLM()  # no model given: the embedded default, which `gguf` found installed
     result = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                       SamplingParams(temperature=0, max_tokens=30))[0]
     assert "Paris" in result.text

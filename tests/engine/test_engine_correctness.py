@@ -10,7 +10,7 @@ import transformers
 
 from servewise.engine.llm_engine import LLMEngine
 from servewise.types import SamplingParams
-from tests.engine.conftest import make_engine
+from tests.engine.conftest import TEST_DEVICE, make_engine
 
 NUM_TOKENS = 12
 
@@ -23,12 +23,14 @@ def varied_prompts(vocab: int, count: int = 24, seed: int = 0) -> list[list[int]
 
 def hf_greedy(path, prompts: list[list[int]], num_tokens: int = NUM_TOKENS) -> list[list[int]]:
     model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    model = model.to(TEST_DEVICE)
     model.generation_config.eos_token_id = None
     out = []
     with torch.inference_mode():
         for p in prompts:
-            ids = model.generate(torch.tensor([p]), max_new_tokens=num_tokens, do_sample=False, pad_token_id=0,
-                                 attention_mask=torch.ones(1, len(p), dtype=torch.long))
+            ids = model.generate(torch.tensor([p], device=TEST_DEVICE), max_new_tokens=num_tokens, do_sample=False,
+                                 pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long,
+                                                                           device=TEST_DEVICE))
             out.append(ids[0, len(p):].tolist())
     return out
 
@@ -58,6 +60,8 @@ def test_greedy_matches_transformers(tiny_dirs, arch):
 
 @pytest.mark.parametrize("backend", ["fp32", "auto"])
 def test_batch_invariance(tiny_dirs, backend):
+    if TEST_DEVICE != "cpu" and backend == "auto":
+        pytest.skip("auto is bf16 on a GPU, whose GEMM kernels change with the batch shape")
     path = tiny_dirs["llama"]
     prompts = varied_prompts(300, count=24, seed=1) + varied_prompts(300, count=8, seed=2)  # a batch of 32
     reference = engine_greedy(make_engine(path, backend=backend), prompts, alone=True)
