@@ -94,3 +94,16 @@ def test_duplicate_content_is_cached_once():
 
 def test_hash_chain_depends_on_prefix():
     assert hash_block(None, [1, 2]) != hash_block(hash_block(None, [0]), [1, 2])
+
+
+def test_probe_counts_cached_prefix_tokens_without_touching_anything():
+    kv = KVCacheManager(num_blocks=16, block_size=4, enable_prefix_caching=True)
+    prompt = list(range(1, 14))  # 13 tokens: 3 full blocks
+    assert kv.num_cached_prefix_tokens(prompt) == 0
+    _compute(kv, create_request(prompt), 13)
+    assert kv.num_cached_prefix_tokens(prompt + [50, 51]) == 12
+    assert kv.num_cached_prefix_tokens(prompt[:12]) == 8  # the last token is always computed
+    assert kv.num_cached_prefix_tokens(list(range(1, 9)) + [77] * 8) == 8  # stops at the first miss
+    assert kv.num_cached_prefix_tokens([99] + prompt) == 0  # a chained hash: same blocks, other prefix
+    assert kv.num_prefix_query_tokens == 0 and kv.num_prefix_hit_tokens == 0
+    assert KVCacheManager(16, 4, enable_prefix_caching=False).num_cached_prefix_tokens(prompt) == 0

@@ -79,3 +79,20 @@ def test_watchdog_turns_ready_503_while_a_step_is_stuck(server):
     worker.join(30)
     assert result and result[0].status_code == 200
     assert httpx.get(server.base_url + "/ready").status_code == 200
+
+
+def test_admission_is_asked_only_for_the_prompt_tokens_the_prefix_cache_lacks(server):
+    slo = server.app.state.servewise.slo
+    real_admit, asked = slo.admit, []
+
+    def spy(tenant, slo_class, prompt_tokens, *args, **kwargs):
+        asked.append(prompt_tokens)
+        return real_admit(tenant, slo_class, prompt_tokens, *args, **kwargs)
+
+    slo.admit = spy
+    system = {"role": "system", "content": "You are a terse assistant. " * 20}
+    for question in ("hello", "what is up"):
+        body = {"messages": [system, {"role": "user", "content": question}], "max_tokens": 2}
+        assert httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+    block_size = server.app.state.servewise.engine.engine.kv_cache.block_size
+    assert asked[0] > 100 and asked[1] < 2 * block_size  # the shared system prompt is cached the second time

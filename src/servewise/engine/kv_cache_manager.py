@@ -147,6 +147,19 @@ class KVCacheManager:
         self.num_prefix_hit_tokens += len(hits) * self.block_size
         return hits
 
+    def num_cached_prefix_tokens(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of a prompt the cache holds now (a read-only probe: no counters,
+        no LRU touch; safe to call from another thread, the answer may be stale a step later)."""
+        if not self.enable_prefix_caching:
+            return 0
+        bs, parent, hits = self.block_size, None, 0
+        for i in range((len(token_ids) - 1) // bs):
+            parent = hash_block(parent, token_ids[i * bs:(i + 1) * bs])
+            if self.pool.lookup(parent) is None:
+                break
+            hits += 1
+        return hits * bs
+
     def shareable_blocks(self, parent: Request, child: Request) -> list[int]:
         """Blocks of ``parent`` a sibling with the same prompt can share (full, below its last token)."""
         num_shareable = min((child.num_tokens - 1) // self.block_size,

@@ -126,6 +126,10 @@ class LLMEngine:
         self._seed_rng = random.Random(config.seed)
 
     # ---- requests -------------------------------------------------------------------------
+    def num_cached_prompt_tokens(self, prompt_token_ids: Sequence[int]) -> int:
+        """Leading prompt tokens the prefix cache holds right now (thread-safe probe, for admission)."""
+        return self.kv_cache.num_cached_prefix_tokens(prompt_token_ids)
+
     def validate_prompt(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
         """Raise InvalidRequestError / ContextLengthError if the request cannot be served."""
         if not prompt_token_ids:

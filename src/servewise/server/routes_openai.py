@@ -81,7 +81,9 @@ async def _generate(request: Request, state: ServerState, valid: ValidGeneration
     tenant = request_tenant(request)
     slo_class = state.slo.classify(tenant, valid.priority or request.headers.get("x-slo-class"))
     lengths = [len(p) for p in valid.prompts]
-    ticket = state.slo.admit(tenant, slo_class, sum(lengths),
+    # Admission predicts prefill work: tokens the prefix cache already holds cost (almost) nothing.
+    to_compute = sum(n - engine.engine.num_cached_prompt_tokens(p) for n, p in zip(lengths, valid.prompts, strict=True))
+    ticket = state.slo.admit(tenant, slo_class, to_compute,
                              reserved_tokens(lengths, valid.params.n, valid.params.max_tokens,
                                              engine.model_info.max_model_len),
                              engine.stats, engine.num_in_flight)

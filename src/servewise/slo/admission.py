@@ -12,7 +12,9 @@ Prediction of a new request's TTFT, before it is queued:
 - each step costs ``a + b·prefill + c·D`` (``StepCostModel``), so
   ``ttft ≈ n·(a + c·D) + b·(ahead + prompt)``.
 
-Not modelled: prefix-cache hits (the whole prompt counts), decodes that start while
+The server passes the prompt tokens the prefix cache does not hold at admission
+(``LLMEngine.num_cached_prompt_tokens``). Not modelled: prefixes that a request still
+in prefill will have cached by the time this one runs, decodes that start while
 the request waits, the rest of the step in progress, and a full running batch
 (``max_num_seqs``) holding it back.
 Prediction error is measured (``observe_ttft``) so these show up on the dashboard.
