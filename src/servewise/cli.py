@@ -90,7 +90,8 @@ def add_slo_args(p: argparse.ArgumentParser) -> None:
                    help='an SLO class, e.g. "interactive:ttft=1s@p99,tpot=100ms,priority=0,slack=1.5" (repeatable)')
     g.add_argument("--default-slo-class", default=None)
     g.add_argument("--allow-client-slo-class", action="store_true",
-                   help="clients may pick their class (X-SLO-Class header or the body's priority field)")
+                   help="clients may pick their class (X-SLO-Class header or the body's priority field), "
+                        "never one more urgent than their API key's")
     g.add_argument("--admission", default="enforce", choices=["enforce", "off"],
                    help="enforce: shed (429 + Retry-After) requests predicted to miss their TTFT SLO; "
                         "off: predict and report only")

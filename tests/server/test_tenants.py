@@ -14,7 +14,8 @@ CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 
 @pytest.fixture(scope="module")
 def server(tiny_dirs, tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("keys"), "--model", str(tiny_dirs["llama"]),
-                       "--price-per-device-hour", "3.6", env={"SERVEWISE_API_KEYS": KEYS}, name="keys")
+                       "--price-per-device-hour", "3.6", "--allow-client-slo-class",
+                       env={"SERVEWISE_API_KEYS": KEYS}, name="keys")
     yield srv
     stop_server(srv)
 
@@ -55,6 +56,16 @@ def test_rate_limit_names_the_limit_with_its_retry_after_and_spares_other_tenant
     # 3 per minute refill one request every 20 s; the first three went out just now
     assert 18 <= int(limited.headers["Retry-After"]) <= 21
     assert httpx.post(url, json=CHAT, headers=auth("sk-bob"), timeout=60).status_code == 200
+
+
+def test_a_key_may_ask_for_a_less_urgent_class_but_not_a_more_urgent_one(server):
+    url = server.v1 + "/chat/completions"
+    up = httpx.post(url, json=CHAT, headers={**auth("sk-bob"), "X-SLO-Class": "interactive"}, timeout=60)
+    assert up.status_code == 403 and up.json()["error"]["type"] == "permission_error", up.text
+    assert "'batch'" in up.json()["error"]["message"] and up.json()["error"]["param"] == "priority"
+    assert httpx.post(url, json=CHAT, headers={**auth("sk-bob"), "X-SLO-Class": "batch"}, timeout=60).status_code == 200
+    down = httpx.post(url, json={**CHAT, "priority": "batch"}, headers=auth("sk-carol"), timeout=60)
+    assert down.status_code == 200
 
 
 def test_usage_per_tenant_adds_up_and_is_admin_only(tiny_dirs, tmp_path_factory):

@@ -1,6 +1,6 @@
 import pytest
 
-from servewise.errors import InvalidRequestError
+from servewise.errors import InvalidRequestError, PermissionDeniedError
 from servewise.slo.spec import SLOClass, default_slo_config, resolve_class
 
 from .factories import make_class, make_config
@@ -56,7 +56,10 @@ def test_resolve_class_key_wins_unless_client_may_choose():
     assert resolve_class(strict, "batch", "interactive").name == "batch"  # request ignored
     assert resolve_class(strict, None, "batch").name == "interactive"
     loose = make_config(allow_client_class=True)
-    assert resolve_class(loose, "batch", "interactive").name == "interactive"
+    assert resolve_class(loose, "interactive", "batch").name == "batch"  # a key may step down
+    assert resolve_class(loose, None, "interactive").name == "interactive"
+    with pytest.raises(PermissionDeniedError, match="'batch'.*may not ask for the more urgent 'interactive'"):
+        resolve_class(loose, "batch", "interactive")  # ...never up
     assert resolve_class(loose, "interactive", None).name == "interactive"
 
 

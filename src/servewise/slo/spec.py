@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from servewise.errors import InvalidRequestError
+from servewise.errors import InvalidRequestError, PermissionDeniedError
 
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -120,6 +120,8 @@ def resolve_class(config: SLOConfig, key_class: str | None, requested: str | Non
 
     - ``requested`` (the client's header or body ``priority``) wins only when
       ``config.allow_client_class``; otherwise it is ignored (after validation).
+      A key with a class may ask for a less urgent class, never a more urgent one:
+      PermissionDeniedError (403) names both.
     - else the API key's class, else the config's default class.
     - an unknown requested name is the client's mistake: InvalidRequestError (400).
     - an unknown key class is the operator's: ValueError (check keys at startup with
@@ -129,11 +131,16 @@ def resolve_class(config: SLOConfig, key_class: str | None, requested: str | Non
         raise InvalidRequestError(
             f"unknown SLO class {requested!r}; known classes: {', '.join(config.class_names)}",
             param="priority")
-    if requested is not None and config.allow_client_class:
-        return config[requested]
+    keyed = None
     if key_class is not None:
-        chosen = config.get(key_class)
-        if chosen is None:
+        keyed = config.get(key_class)
+        if keyed is None:
             raise ValueError(f"API key names SLO class {key_class!r}, which the SLO config does not define")
-        return chosen
-    return config[config.default_class]
+    if requested is not None and config.allow_client_class:
+        wanted = config[requested]
+        if keyed is not None and wanted.priority < keyed.priority:
+            raise PermissionDeniedError(
+                f"this API key is served as SLO class {keyed.name!r} (priority {keyed.priority}) and may not "
+                f"ask for the more urgent {wanted.name!r} (priority {wanted.priority})", param="priority")
+        return wanted
+    return keyed if keyed is not None else config[config.default_class]
