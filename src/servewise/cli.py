@@ -56,6 +56,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="CPU linear kernels: auto = int8 for small steps, fp32 GEMM for large ones; "
                         "fp32 = batch-invariant and identical to transformers. On a GPU: auto = bf16, fp32 = fp32")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="GPU: no CUDA graphs (decode steps launch every kernel from Python)")
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     g.add_argument("--kv-cache-memory", type=parse_size, default=parse_size("1GiB"),
                    help="memory for the KV cache, e.g. 512MiB, 2GiB")
@@ -79,7 +81,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len, queue_policy=args.queue_policy),
         device=DeviceConfig(device=args.device, linear_backend=args.linear_backend,
-                            num_threads=args.threads or os.cpu_count() or 1))
+                            num_threads=args.threads or os.cpu_count() or 1, enforce_eager=args.enforce_eager))
 
 
 def add_slo_args(p: argparse.ArgumentParser) -> None:

@@ -112,6 +112,8 @@ class DeviceConfig:
     # On a GPU, "auto" computes in bf16 and "fp32" in fp32 (slower, matches transformers fp32).
     linear_backend: str = "auto"
     num_threads: int | None = None  # torch intra-op threads; None = leave torch's default
+    # GPU only: True runs every step eagerly; False replays CUDA graphs for decode steps.
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         _require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,

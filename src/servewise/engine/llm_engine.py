@@ -111,7 +111,9 @@ class LLMEngine:
             apply_linear_backend(model, config.device.linear_backend)
             if config.device.linear_backend != "fp32":
                 install_fused_decoder(model, MAX_ALL_PAGED_STEP_TOKENS)
-        self.runner = ModelRunner(model, num_blocks, block_size, dev, kv_dtype)
+        self.runner = ModelRunner(model, num_blocks, block_size, dev, kv_dtype,
+                                  cuda_graphs=not config.device.enforce_eager, max_model_len=self.max_model_len,
+                                  max_num_seqs=config.scheduler.max_num_seqs)
         self.kv_cache = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv_cache)
         self.sampler = Sampler()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from servewise.config import CacheConfig, ModelArchConfig
+from servewise.engine.cuda_graphs import CudaGraphDecoder
 from servewise.engine.request import Request
 from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput
 from servewise.layers.attention import AttentionMetadata, DenseSegment
@@ -42,19 +43,33 @@ class RunnerOutput:
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, *, cuda_graphs: bool = False, max_model_len: int = 0,
+                 max_num_seqs: int = 256) -> None:
         arch = model.config
         self.model = model
         self.block_size = block_size
         self.device = device
-        shape = (num_blocks, arch.num_key_value_heads, block_size, arch.head_dim)
+        use_graphs = cuda_graphs and device.type == "cuda"
+        # With CUDA graphs, one spare block past the pool takes the padding rows' K/V.
+        shape = (num_blocks + use_graphs, arch.num_key_value_heads, block_size, arch.head_dim)
         self.kv_caches: list[KVCache] = [
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(arch.num_hidden_layers)
         ]
+        self.graphs: CudaGraphDecoder | None = None
+        if use_graphs:
+            self.graphs = CudaGraphDecoder(model, self.kv_caches, block_size, pad_block=num_blocks,
+                                           max_blocks_per_seq=-(-max_model_len // block_size), device=device,
+                                           max_batch=max_num_seqs)
 
     def execute(self, sched: ScheduleOutput) -> RunnerOutput:
-        input_ids, positions, meta, order = self._prepare(sched.chunks)
+        chunks = sched.chunks
+        if self.graphs is not None and chunks and all(
+                c.num_new_tokens == 1 and c.request.num_computed_tokens > 0 for c in chunks):
+            out = self._execute_graph(chunks)
+            if out is not None:
+                return out
+        input_ids, positions, meta, order = self._prepare(chunks)
         sample_rows: list[int] = []
         sample_requests: list[Request] = []
         start = 0
@@ -70,6 +85,19 @@ class ModelRunner:
             rows = torch.tensor(sample_rows, device=self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))
         return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), sample_requests)  # fp32 for sampling
+
+    def _execute_graph(self, chunks: list[ScheduledChunk]) -> RunnerOutput | None:
+        assert self.graphs is not None
+        requests = [c.request for c in chunks]
+        with torch.inference_mode():
+            logits = self.graphs.run([r.token_ids[r.num_computed_tokens] for r in requests],
+                                     [r.num_computed_tokens for r in requests], [r.block_ids for r in requests])
+            if logits is None:
+                return None
+            rows = [i for i, c in enumerate(chunks) if c.samples]
+            if len(rows) < len(chunks):
+                logits = logits.index_select(0, torch.tensor(rows, device=self.device))
+            return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), [chunks[i].request for i in rows])
 
     def _prepare(self, chunks: list[ScheduledChunk]
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[ScheduledChunk]]:
