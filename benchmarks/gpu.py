@@ -11,9 +11,10 @@ has none (the table says so), then prints:
 1. greedy parity: ServeWise `--linear-backend fp32` on the GPU against transformers fp32 on the
    same GPU and weights (must be identical), and ServeWise bf16 against transformers bf16 (reported:
    bf16 rounding differs between any two implementations);
-2. throughput, bf16: prefill tok/s (one 512-token prompt, and 32 at once), decode tok/s at 1/8/32/64/256
-   sequences (128-token prompts, 128 output tokens, ignore_eos), TTFT with a cached 1,000-token
-   prefix vs cold, peak GPU memory; transformers `generate` (bf16, same GPU) at 1 and 64 sequences.
+2. throughput, bf16, with CUDA graphs and with --enforce-eager: prefill tok/s (one 512-token
+   prompt, and 32 at once), decode tok/s at 1/8/32/64/256 sequences (128-token prompts, 128 output
+   tokens, ignore_eos), TTFT with a cached 1,000-token prefix vs cold, peak GPU memory;
+   transformers `generate` (bf16, same GPU) at 1 and 64 sequences.
 """
 
 from __future__ import annotations
@@ -86,11 +87,11 @@ def fill_random_weights(model_dir: Path, seed: int = 0) -> None:
 KV_GIB = 8.0
 
 
-def engine(model: Path, device: str, backend: str, **scheduler: Any) -> LLMEngine:
+def engine(model: Path, device: str, backend: str, eager: bool = False, **scheduler: Any) -> LLMEngine:
     return LLMEngine(EngineConfig(
         model=str(model), cache=CacheConfig(kv_cache_memory_bytes=int(KV_GIB * 2**30)),
         scheduler=SchedulerConfig(**{"max_num_seqs": 256, "max_num_batched_tokens": 8192, **scheduler}),
-        device=DeviceConfig(device=device, linear_backend=backend)))
+        device=DeviceConfig(device=device, linear_backend=backend, enforce_eager=eager)))
 
 
 def parity_prompts(count: int = 16) -> list[list[int]]:
@@ -175,6 +176,8 @@ def run(model_dir: Path, device: str, quick: bool) -> None:
     chunked = engine_greedy(engine(model_dir, device, "fp32", max_num_batched_tokens=64), prompts)
     print(f"- ServeWise fp32, 64-token prefill chunks vs one batch: {agreement(chunked, fp32)}")
     bf16 = engine_greedy(engine(model_dir, device, "auto"), prompts)
+    eager = engine_greedy(engine(model_dir, device, "auto", eager=True), prompts)
+    print(f"- ServeWise bf16, CUDA graphs vs --enforce-eager: {agreement(bf16, eager)}")
     hf16 = hf_greedy(model_dir, device, torch.bfloat16, prompts)
     print(f"- ServeWise bf16 vs transformers bf16: {agreement(bf16, hf16)}")
     print(f"- transformers bf16 vs transformers fp32: {agreement(hf16, hf32)}")
@@ -183,35 +186,48 @@ def run(model_dir: Path, device: str, quick: bool) -> None:
         torch.cuda.empty_cache()
 
     new = 32 if quick else 128
-    eng = engine(model_dir, device, "auto")
+    columns = {"ServeWise bf16": bench_engine(engine(model_dir, device, "auto"), device, new),
+               "ServeWise bf16 --enforce-eager": bench_engine(engine(model_dir, device, "auto", eager=True),
+                                                              device, new)}
+    theirs = {f"decode tok/s, {n} seqs": f"{hf_decode_rate(model_dir, device, n, new):,.0f}" for n in (1, 64)}
+    print(f"\n## Throughput, bf16 ({new} output tokens per sequence; 128-token prompts)")
+    print(f"Command: {' '.join(sys.argv)}\n")
+    print("| metric | " + " | ".join(columns) + " | transformers generate bf16 |")
+    print("|---|" + "---|" * (len(columns) + 1))
+    for label in next(iter(columns.values())):
+        print(f"| {label} | " + " | ".join(c[label] for c in columns.values()) + f" | {theirs.get(label, '—')} |")
+
+
+def bench_engine(eng: LLMEngine, device: str, new: int) -> dict[str, str]:
+    on_gpu = device.startswith("cuda")
     rng = random.Random(0)
     bench_decode(eng, rng, 4, 16, 4)  # warm-up
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    rows: list[tuple[str, str, str]] = [
-        ("prefill tok/s, one 512-token prompt", f"{bench_prefill(eng, rng):,.0f}", "—")]
-    batch_prompts = [random_prompt(rng, 512) for _ in range(32)]
-    for i, p in enumerate(batch_prompts):
-        eng.add_request(f"bp{i}", p, SamplingParams(max_tokens=1, temperature=0))
+    rows = {"prefill tok/s, one 512-token prompt": f"{bench_prefill(eng, rng):,.0f}"}
+    for i in range(32):
+        eng.add_request(f"bp{i}", random_prompt(rng, 512), SamplingParams(max_tokens=1, temperature=0))
     sync(device)
     t = time.perf_counter()
     while eng.has_unfinished_requests:
         eng.step()
-    rows.append(("prefill tok/s, 32 x 512-token prompts", f"{32 * 512 / (time.perf_counter() - t):,.0f}", "—"))
+    rows["prefill tok/s, 32 x 512-token prompts"] = f"{32 * 512 / (time.perf_counter() - t):,.0f}"
     for n in (1, 8, 32, 64, 256):
-        hf = f"{hf_decode_rate(model_dir, device, n, new):,.0f}" if n in (1, 64) else "—"
-        rows.append((f"decode tok/s, {n} seqs", f"{bench_decode(eng, rng, n, output_len=new):,.0f}", hf))
+        bench_decode(eng, rng, n, output_len=4)  # the first steps of a shape capture its CUDA graphs
+        rows[f"decode tok/s, {n} seqs"] = f"{bench_decode(eng, rng, n, output_len=new):,.0f}"
     cold, cached = bench_prefix_ttft(eng, rng)
-    rows.append(("TTFT cold, 1,016 tokens (ms)", f"{cold * 1e3:.1f}", "—"))
-    rows.append(("TTFT cached 1,000-token prefix (ms)", f"{cached * 1e3:.1f}", "—"))
+    rows["TTFT cold, 1,016 tokens (ms)"] = f"{cold * 1e3:.1f}"
+    rows["TTFT cached 1,000-token prefix (ms)"] = f"{cached * 1e3:.1f}"
     if on_gpu:
         peak = torch.cuda.max_memory_allocated(device) / 2**20
-        rows.append((f"peak GPU memory (MiB, KV pool {KV_GIB:g} GiB)", f"{peak:,.0f}", "—"))
-    print(f"\n## Throughput, bf16 ({new} output tokens per sequence; 128-token prompts)")
-    print(f"Command: {' '.join(sys.argv)}\n")
-    print("| metric | ServeWise bf16 | transformers generate bf16 |\n|---|---|---|")
-    for label, ours, theirs in rows:
-        print(f"| {label} | {ours} | {theirs} |")
+        rows[f"peak GPU memory (MiB, KV pool {KV_GIB:g} GiB)"] = f"{peak:,.0f}"
+    graphs = eng.runner.graphs
+    rows["CUDA graphs captured (capture time)"] = (f"{len(graphs.graphs)} ({graphs.capture_s:.1f} s)"
+                                                  if graphs is not None else "—")
+    del eng
+    if on_gpu:
+        torch.cuda.empty_cache()
+    return rows
 
 
 def main() -> None:

@@ -16,6 +16,6 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 echo "== 1. engine tests on cuda"
 SERVEWISE_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider tests/engine 2>&1 | tee "$OUT/pytest-cuda.log" | tail -25
 echo "== 2. parity and throughput"
-timeout 180 python3 benchmarks/gpu.py run --model .gpucheck/smollm2 2>&1 | grep -v "Loading weights" | tee "$OUT/gpu-bench.log"
+timeout 240 python3 benchmarks/gpu.py run --model .gpucheck/smollm2 2>&1 | grep -v "Loading weights" | tee "$OUT/gpu-bench.log"
 echo "== 3. servewise serve --device cuda"
 timeout 90 python3 scripts/gpu_check.py --model .gpucheck/smollm2 --server-log "$OUT/serve.log" 2>&1 | tee "$OUT/serve-check.log"
