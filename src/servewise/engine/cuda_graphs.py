@@ -144,9 +144,10 @@ class CudaGraphDecoder:
         with torch.cuda.graph(g.graph, pool=self.pool, capture_error_mode="thread_local"):
             g.logits = self._forward(g)
         torch.cuda.synchronize(self.device)
-        self.capture_s += time.perf_counter() - t
+        elapsed = time.perf_counter() - t
+        self.capture_s += elapsed
         logger.info("captured a CUDA graph for decode steps of ≤ %d sequences × %d KV blocks in %.2f s",
-                    rows, width, time.perf_counter() - t)
+                    rows, width, elapsed)
         return g
 
     def run(self, input_ids: list[int], positions: list[int], tables: list[list[int]]) -> torch.Tensor | None:
