@@ -9,6 +9,7 @@ import pytest
 from servewise.engine.queue_policy import FCFSQueue, PriorityQueue, create_queue
 from servewise.types import SamplingParams
 from tests.engine.conftest import make_engine
+from tests.engine.test_engine_correctness import engine_greedy
 from tests.engine.utils import create_request
 
 
@@ -77,3 +78,30 @@ def test_interactive_request_beats_a_batch_backlog_only_under_priority(tiny_dirs
     fcfs = _interactive_ttft_s(tiny_dirs["llama"], "fcfs")
     priority = _interactive_ttft_s(tiny_dirs["llama"], "priority")
     assert priority < fcfs / 3
+
+
+def test_a_full_batch_gives_an_interactive_request_a_seat_and_the_preempted_one_recomputes(tiny_dirs):
+    path = tiny_dirs["llama"]
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    solo = engine_greedy(make_engine(path), [[7] * 40, [8] * 40], num_tokens=16, alone=True)
+    engine = make_engine(path, max_num_seqs=2, max_num_batched_tokens=64)
+    engine.scheduler.waiting = create_queue("priority")
+    tokens: dict[str, list[int]] = {"batch0": [], "batch1": [], "interactive": []}
+
+    def step() -> None:
+        for out in engine.step():
+            tokens[out.request_id].extend(out.outputs[0].token_ids)
+
+    engine.add_request("batch0", [7] * 40, params, priority=1)
+    engine.add_request("batch1", [8] * 40, params, priority=1)
+    while not tokens["batch1"]:
+        step()  # both seats are taken by decoding batch requests
+    engine.add_request("interactive", [3] * 40, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True),
+                       priority=0)
+    step()
+    assert tokens["interactive"], "the interactive request waited for a batch request to finish"
+    while engine.has_unfinished_requests:
+        step()
+    assert engine.scheduler.num_preemptions == 1
+    assert [tokens["batch0"], tokens["batch1"]] == solo  # the preempted one recomputed to the same tokens
+    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks

@@ -111,3 +111,34 @@ def test_priority_policy_admits_urgent_first_and_preempts_the_least_urgent():
     complete_step(s, out)
     out = s.schedule()  # both need another block, one is free: the batch request gives way
     assert out.preempted == [batch] and [c.request for c in out.chunks] == [urgent]
+
+
+def test_priority_policy_frees_a_seat_for_a_more_urgent_class_and_does_not_thrash():
+    s = create_scheduler(max_num_seqs=2, policy="priority")
+    old_batch, new_batch = create_request(4, priority=1), create_request(4, priority=1)
+    s.add_request(old_batch)
+    s.add_request(new_batch)
+    complete_step(s, s.schedule())  # both running: every seat is taken
+    urgent = create_request(list(range(50, 56)), priority=0)
+    s.add_request(urgent)
+    out = s.schedule()
+    assert out.preempted == [new_batch]  # the least urgent, newest running request
+    assert [(c.request, c.num_new_tokens) for c in out.chunks] == [(old_batch, 1), (urgent, 6)]
+    assert new_batch.num_computed_tokens == 0 and s.num_waiting == 1
+    for _ in range(3):  # the preempted batch request waits for a free seat, not for another preemption
+        complete_step(s, out)
+        out = s.schedule()
+        assert not out.preempted and [c.request for c in out.chunks] == [urgent, old_batch]  # by class
+    peer = create_request(4, priority=1)  # same class as the running ones: waits too
+    s.add_request(peer)
+    assert not s.schedule().preempted
+
+
+def test_fcfs_never_preempts_for_a_seat():
+    s = create_scheduler(max_num_seqs=1)
+    batch = create_request(4, priority=1)
+    s.add_request(batch)
+    complete_step(s, s.schedule())
+    s.add_request(create_request(4, priority=0))
+    out = s.schedule()
+    assert not out.preempted and [c.request for c in out.chunks] == [batch]

@@ -14,6 +14,10 @@ from servewise.engine.request import Request
 class RequestQueue(abc.ABC):
     """Requests waiting for admission, in the order the scheduler should try them."""
 
+    # With every seat (max_num_seqs) taken, may a waiting request of a more urgent class
+    # preempt the least urgent running one? (Scheduler._give_seat_to)
+    preempts_for_seats: bool = False
+
     @abc.abstractmethod
     def push(self, request: Request) -> None:
         """A new request."""
@@ -88,6 +92,8 @@ class PriorityQueue(RequestQueue):
     lead their rank. Keys depend on the time, so the order is computed when the
     scheduler walks the queue (a few hundred waiting requests at most, under admission).
     """
+
+    preempts_for_seats = True
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._items: list[tuple[int, Request]] = []  # (0 = preempted, 1 = new), request

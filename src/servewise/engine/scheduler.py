@@ -90,6 +90,8 @@ class Scheduler:
 
     def _admit_waiting(self, out: ScheduleOutput, budget: int) -> int:
         for request in list(self.waiting):
+            if len(self.running) >= self.config.max_num_seqs:
+                budget += self._give_seat_to(request, out)
             if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
             leader = self._group_leaders.get(request.group_id)
@@ -112,6 +114,21 @@ class Scheduler:
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
         return budget
+
+    def _give_seat_to(self, request: Request, out: ScheduleOutput) -> int:
+        """A policy that allows it, every seat (max_num_seqs) taken: preempt the least urgent running
+        request if its SLO class is strictly less urgent than ``request``'s, dropping the chunk it
+        had this step. Returns the tokens that frees. Classes, not deadlines, decide, so a preempted
+        request cannot take its seat back from the one that displaced it."""
+        if not self.waiting.preempts_for_seats or not self.running:
+            return 0
+        victim = self.running[-1]  # order_running put the least urgent last
+        if victim.priority <= request.priority:
+            return 0
+        freed = sum(c.num_new_tokens for c in out.chunks if c.request is victim)
+        out.chunks = [c for c in out.chunks if c.request is not victim]
+        self._preempt(victim, out)
+        return freed
 
     def _preempt(self, request: Request, out: ScheduleOutput) -> None:
         self.running.remove(request)
