@@ -181,7 +181,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uv_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                                access_log=False, timeout_keep_alive=server.timeout_keep_alive_s,
                                timeout_graceful_shutdown=5)
-    DrainingServer(uv_config, app.state.servewise, settings.drain_timeout_s).run()
+    state = app.state.servewise
+    DrainingServer(uv_config, state, settings.drain_timeout_s).run()
+    if state.load_error is not None:
+        print(f"servewise serve: error: {state.load_error}", file=sys.stderr)
+        return 1
     return 0
 
 

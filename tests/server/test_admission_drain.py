@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.factories import embedded_gguf_path
-from tests.server.conftest import metric_value, start_server, stop_server
+from tests.server.conftest import free_port, metric_value, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +134,13 @@ def test_a_second_sigterm_stops_at_once(tmp_path_factory):
     assert code == 0 and elapsed < 20  # far sooner than 4 × 2000 tokens or the 120 s drain timeout
     for r in results:  # cut short, and told so: finish_reason "abort" then [DONE]
         assert isinstance(r, dict) and r["finish"] == "abort" and r["done"] and r["tokens"] < 2000
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(tmp_path):
+    bad = tmp_path / "truncated.gguf"
+    bad.write_bytes(b"GGUF\x03\x00")
+    proc = subprocess.run([sys.executable, "-m", "servewise.cli", "serve", "--model", str(bad),
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("servewise serve: error: model failed to load:") and "truncated.gguf" in last

@@ -53,7 +53,7 @@ class DrainingServer(uvicorn.Server):
 
     First SIGTERM/SIGINT: /ready turns 503 at once, new requests get 503 + Retry-After,
     in-flight ones finish (up to the drain timeout), then the process exits 0.
-    A second signal ends everything at once.
+    A second signal ends everything at once. A model that fails to load stops the server.
     """
 
     def __init__(self, config: uvicorn.Config, state: ServerState, drain_timeout_s: float) -> None:
@@ -62,6 +62,12 @@ class DrainingServer(uvicorn.Server):
         self.drain_timeout_s = drain_timeout_s
         self._num_signals = 0
         self._drain_task: asyncio.Task[None] | None = None
+        state.on_load_error = self._stop_after_load_error
+
+    def _stop_after_load_error(self) -> None:
+        # Nothing to serve: exit (status 1, see cmd_serve) so a supervisor shows the error at once
+        # rather than a process that stays up answering 503.
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not uvicorn's handler: it would re-raise the signal after shutdown (exit status 143).

@@ -37,6 +37,8 @@ class ServerState:
     fingerprint: str = ""
     draining: bool = False
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called once if the model fails to load (`servewise serve` then exits 1); None: stay up, 503.
+    on_load_error: Callable[[], None] | None = None
 
     def stats(self) -> EngineStats:
         return self.engine.stats if self.engine is not None else EngineStats()
@@ -81,6 +83,8 @@ class ServerState:
             self.load_error = f"model failed to load: {exc}"
             logger.error(self.load_error)
             self.loaded.set()
+            if self.on_load_error is not None:
+                self.on_load_error()
             return
         engine.start(loop)
         info = engine.model_info
