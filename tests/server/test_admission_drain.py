@@ -18,7 +18,13 @@ from tests.server.conftest import free_port, metric_value, start_server, stop_se
 
 pytestmark = pytest.mark.slow
 
-TTFT_TARGET_S, SLACK, STALL_S = 1.0, 1.5, 1.0
+TTFT_TARGET_S, SLACK = 1.0, 1.5
+# Each burst request is sized to this much predicted prefill, whatever the machine's speed: one fits
+# under target × slack, a second would not (2 × 0.9 s > 1.5 s). The first request of a burst takes
+# ~1.3× its prediction here (the test's own client and the server's event loop share the two
+# cores with the engine), which leaves 1.5 s / 0.9 s ≈ 1.67× of room, so the test does not hinge
+# on a prediction landing just under the bound.
+REQUEST_S = 0.9
 
 
 def _prompt(i: int, words: int = 180) -> str:
@@ -48,17 +54,28 @@ async def _stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, t0: f
     return out
 
 
+async def _words_for(client: httpx.AsyncClient, seconds: float) -> int:
+    """Prompt words whose prefill the server's calibrated cost model predicts at ``seconds``."""
+    cost = (await client.get("/v1/slo")).json()["admission"]["cost_model"]
+    tokens = (seconds - cost["step_overhead_s"]) / cost["prefill_s_per_token"]
+    counted = (await client.post("/tokenize", json={"prompt": _prompt(0, 100)})).json()["count"]
+    return max(10, int(tokens * 100 / counted))
+
+
 def test_burst_over_a_tight_ttft_slo_is_partly_shed_and_admitted_requests_meet_it(tmp_path_factory):
     embedded_gguf_path()
-    srv = start_server(tmp_path_factory.mktemp("admission"), "--max-num-seqs", "32",
+    # One engine thread: the test's own client gets the other core, as a real client would have its
+    # own machine. (With two OpenMP threads, any work of the client's stretches every step.)
+    srv = start_server(tmp_path_factory.mktemp("admission"), "--max-num-seqs", "32", "--threads", "1",
                        "--slo-class", f"interactive:ttft={TTFT_TARGET_S}s@p99,priority=0,slack={SLACK}",
                        name="admission")
     try:
         async def main() -> tuple[list[dict], dict]:
             async with httpx.AsyncClient(base_url=srv.base_url, timeout=120) as client:
                 for i in range(3):  # calibrates the step-cost model on this machine
-                    await _stream(client, _prompt(1000 + i), 4)
-                burst = list(await asyncio.gather(*(_stream(client, _prompt(i), 8) for i in range(24))))
+                    await _stream(client, _prompt(1000 + i, 60), 4)
+                words = await _words_for(client, REQUEST_S)
+                burst = list(await asyncio.gather(*(_stream(client, _prompt(i, words), 8) for i in range(24))))
                 return burst, (await client.get("/v1/slo")).json()
 
         results, slo = asyncio.run(main())
@@ -72,13 +89,11 @@ def test_burst_over_a_tight_ttft_slo_is_partly_shed_and_admitted_requests_meet_i
         assert int(r["headers"]["retry-after"]) >= 1 and r["body"]["error"]["type"] == "overloaded_error"
     for r in admitted:
         assert r["done"] and r["tokens"] == 8 and r["finish"] == "length"  # every admitted request completes
-    # Served first come first served, the 24 would see a p99 TTFT near 24 × 0.7 s. Admission admits
-    # while the predicted TTFT is within target × slack, so the last one admitted sits at that bound
-    # by design: allow the prediction STALL_S of error (this 2-core VM stalls for ~1 s at times).
-    window = slo["classes"]["classes"]["interactive"]["windows"]["1m"]
-    assert window["ttft_percentile_s"] <= TTFT_TARGET_S * SLACK + STALL_S, (window, len(shed))
-    ttfts = [r["ttft_s"] for r in admitted]  # the client's view: its own 24 streams share the cores
-    assert float(np.percentile(ttfts, 99)) <= TTFT_TARGET_S * SLACK + 1.5 * STALL_S, (ttfts, len(shed))
+    # Served first come first served, the 24 would see a p99 TTFT of several seconds.
+    window = slo["classes"]["classes"]["interactive"]["windows"]["1m"]  # the server's view
+    assert window["ttft_percentile_s"] <= TTFT_TARGET_S * SLACK, (window, len(shed))
+    ttfts = [r["ttft_s"] for r in admitted]  # the client's
+    assert float(np.percentile(ttfts, 99)) <= TTFT_TARGET_S * SLACK, (ttfts, len(shed))
 
 
 def test_sigterm_drains_in_flight_streams_and_exits_0(tmp_path_factory):
