@@ -57,7 +57,7 @@ async def _stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, t0: f
 async def _words_for(client: httpx.AsyncClient, seconds: float) -> int:
     """Prompt words whose prefill the server's calibrated cost model predicts at ``seconds``."""
     cost = (await client.get("/v1/slo")).json()["admission"]["cost_model"]
-    tokens = (seconds - cost["step_overhead_s"]) / cost["prefill_s_per_token"]
+    tokens = (seconds - cost["step_overhead_s"]) / max(cost["prefill_s_per_token"], 1e-6)
     counted = (await client.post("/tokenize", json={"prompt": _prompt(0, 100)})).json()["count"]
     return max(10, int(tokens * 100 / counted))
 
