@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from servewise.engine.request import Request
@@ -124,25 +124,36 @@ class KVCacheManager:
     def num_blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def _block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
-        hashes = request.block_hashes
+    def _chain_hashes(self, token_ids: Sequence[int], start: int, stop: int,
+                      parent: bytes | None) -> Iterator[bytes]:
+        """Hashes of full blocks start..stop-1, chained on ``parent`` (the hash of block start-1)."""
         bs = self.block_size
-        while len(hashes) < num_blocks:
-            i = len(hashes)
-            hashes.append(hash_block(hashes[-1] if hashes else None, request.token_ids[i * bs:(i + 1) * bs]))
+        for i in range(start, stop):
+            parent = hash_block(parent, token_ids[i * bs:(i + 1) * bs])
+            yield parent
+
+    def _block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
+        hashes = request.block_hashes  # memoised on the request
+        if len(hashes) < num_blocks:
+            hashes.extend(self._chain_hashes(request.token_ids, len(hashes), num_blocks,
+                                             hashes[-1] if hashes else None))
         return hashes[:num_blocks]
+
+    def _cached_run(self, hashes: Iterable[bytes]) -> list[int]:
+        """Cached block ids for the leading hashes, up to the first miss."""
+        hits = []
+        for block_hash in hashes:
+            block_id = self.pool.lookup(block_hash)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
 
     def find_cached_prefix(self, request: Request) -> list[int]:
         """Cached blocks holding a prefix of the request's tokens; leaves ≥ 1 token to compute."""
         if not self.enable_prefix_caching:
             return []
-        max_blocks = (request.num_tokens - 1) // self.block_size
-        hits = []
-        for block_hash in self._block_hashes(request, max_blocks):
-            block_id = self.pool.lookup(block_hash)
-            if block_id is None:
-                break
-            hits.append(block_id)
+        hits = self._cached_run(self._block_hashes(request, (request.num_tokens - 1) // self.block_size))
         self.num_prefix_query_tokens += request.num_tokens
         self.num_prefix_hit_tokens += len(hits) * self.block_size
         return hits
@@ -152,13 +163,8 @@ class KVCacheManager:
         no LRU touch; safe to call from another thread, the answer may be stale a step later)."""
         if not self.enable_prefix_caching:
             return 0
-        bs, parent, hits = self.block_size, None, 0
-        for i in range((len(token_ids) - 1) // bs):
-            parent = hash_block(parent, token_ids[i * bs:(i + 1) * bs])
-            if self.pool.lookup(parent) is None:
-                break
-            hits += 1
-        return hits * bs
+        hashes = self._chain_hashes(token_ids, 0, (len(token_ids) - 1) // self.block_size, None)
+        return len(self._cached_run(hashes)) * self.block_size
 
     def shareable_blocks(self, parent: Request, child: Request) -> list[int]:
         """Blocks of ``parent`` a sibling with the same prompt can share (full, below its last token)."""
