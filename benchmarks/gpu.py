@@ -224,9 +224,6 @@ def bench_engine(eng: LLMEngine, device: str, new: int) -> dict[str, str]:
     graphs = eng.runner.graphs
     rows["CUDA graphs captured (capture time)"] = (f"{len(graphs.graphs)} ({graphs.capture_s:.1f} s)"
                                                   if graphs is not None else "—")
-    del eng
-    if on_gpu:
-        torch.cuda.empty_cache()
     return rows
 
 

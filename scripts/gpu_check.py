@@ -17,8 +17,6 @@ import time
 
 import httpx
 
-MODEL = [""]  # the served model's name, from /v1/models
-
 
 def check(cond: bool, what: str) -> None:
     print(("ok   " if cond else "FAIL ") + what, flush=True)
@@ -26,8 +24,8 @@ def check(cond: bool, what: str) -> None:
         raise SystemExit(1)
 
 
-async def stream_chat(client: httpx.AsyncClient, i: int) -> tuple[int, str, str | None]:
-    body = {"model": MODEL[0], "messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 24,
+async def stream_chat(client: httpx.AsyncClient, model: str, i: int) -> tuple[int, str, str | None]:
+    body = {"model": model, "messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 24,
             "stream": True, "temperature": 0, "ignore_eos": True}
     text, finish, chunks = "", None, 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
@@ -43,23 +41,23 @@ async def stream_chat(client: httpx.AsyncClient, i: int) -> tuple[int, str, str 
 async def client_checks(base: str) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=120) as c:
         models = (await c.get("/v1/models")).json()
-        MODEL[0] = models["data"][0]["id"]
-        check(MODEL[0] != "", f"GET /v1/models -> {MODEL[0]}")
+        model = models["data"][0]["id"]
+        check(model != "", f"GET /v1/models -> {model}")
         r = await c.post("/v1/chat/completions", json={
-            "model": MODEL[0], "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
             "max_tokens": 16, "temperature": 0})
         body = r.json()
         check(r.status_code == 200 and body["usage"]["completion_tokens"] > 0,
               f"chat completion: {body['choices'][0]['message']['content']!r} ({body['usage']})")
-        r = await c.post("/v1/completions", json={"model": MODEL[0], "prompt": "Once upon a time", "max_tokens": 8,
+        r = await c.post("/v1/completions", json={"model": model, "prompt": "Once upon a time", "max_tokens": 8,
                                                   "n": 2, "logprobs": 3, "temperature": 0.8, "seed": 1})
         body = r.json()
         check(r.status_code == 200 and len(body["choices"]) == 2
               and len(body["choices"][0]["logprobs"]["top_logprobs"][0]) == 3, "completion n=2, logprobs=3, seed")
-        r = await c.post("/v1/chat/completions", json={"model": MODEL[0], "messages": [], "max_tokens": -1})
+        r = await c.post("/v1/chat/completions", json={"model": model, "messages": [], "max_tokens": -1})
         check(r.status_code == 400 and "error" in r.json(), f"bad request -> {r.status_code} {r.json()['error']}")
         t = time.perf_counter()
-        results = await asyncio.gather(*(stream_chat(c, i) for i in range(48)))
+        results = await asyncio.gather(*(stream_chat(c, model, i) for i in range(48)))
         elapsed = time.perf_counter() - t
         check(all(chunks >= 24 and finish == "length" for chunks, _, finish in results),
               f"48 concurrent streams, 24 tokens each, in {elapsed:.2f} s")
@@ -72,7 +70,8 @@ async def client_checks(base: str) -> None:
 def wait_ready(proc: subprocess.Popen, base: str) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        check(proc.poll() is None, "server process is alive")
+        if proc.poll() is not None:
+            check(False, f"server exited with status {proc.returncode} before it was ready")
         try:
             if httpx.get(base + "/ready", timeout=2).status_code == 200:
                 break

@@ -76,28 +76,25 @@ class _Graph:
 
     def __init__(self, num_rows: int, num_blocks: int, block_size: int, pad_block: int,
                  device: torch.device) -> None:
-        def buf(shape: tuple[int, ...], value: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
-            return torch.full(shape, value, dtype=dtype, device=device)
-
-        self.input_ids = buf((num_rows,), 0)
-        self.positions = buf((num_rows,), 0)
+        # The int64 inputs share one buffer (a row each), so they arrive in one host-to-device copy.
+        self.inputs = torch.tensor([[0] * num_rows, [0] * num_rows, [pad_block] * num_rows, [0] * num_rows],
+                                   dtype=torch.long, device=device)
+        self.input_ids, self.positions, slot_block_ids, slot_offsets = self.inputs
         self.meta = AttentionMetadata(
-            num_tokens=num_rows, slot_block_ids=buf((num_rows,), pad_block), slot_offsets=buf((num_rows,), 0),
-            num_paged_tokens=num_rows, paged_block_tables=buf((num_rows, num_blocks), pad_block, torch.int32),
+            num_tokens=num_rows, slot_block_ids=slot_block_ids, slot_offsets=slot_offsets,
+            num_paged_tokens=num_rows,
+            paged_block_tables=torch.full((num_rows, num_blocks), pad_block, dtype=torch.int32, device=device),
             paged_token_rows=torch.arange(num_rows, dtype=torch.int32, device=device),
-            paged_ctx_lens=buf((num_rows,), 1, torch.int32), dense_segments=[],
+            paged_ctx_lens=torch.ones(num_rows, dtype=torch.int32, device=device), dense_segments=[],
             paged_max_ctx_len=num_blocks * block_size)
         self.graph = torch.cuda.CUDAGraph()
         self.logits: torch.Tensor | None = None
 
     def load(self, batch: DecodeBatch) -> None:
         m = self.meta
-        host = torch.tensor([batch.input_ids, batch.positions, batch.slot_block_ids, batch.slot_offsets,
-                             batch.ctx_lens], dtype=torch.long)
-        device_rows = host.to(self.input_ids.device, non_blocking=True)
-        for dst, row in zip((self.input_ids, self.positions, m.slot_block_ids, m.slot_offsets, m.paged_ctx_lens),
-                            device_rows, strict=True):
-            dst.copy_(row)
+        self.inputs.copy_(torch.tensor([batch.input_ids, batch.positions, batch.slot_block_ids, batch.slot_offsets]),
+                          non_blocking=True)
+        m.paged_ctx_lens.copy_(torch.tensor(batch.ctx_lens, dtype=torch.int32), non_blocking=True)
         m.paged_block_tables.copy_(torch.tensor(batch.block_tables, dtype=torch.int32), non_blocking=True)
 
 

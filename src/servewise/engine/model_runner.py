@@ -41,6 +41,10 @@ class RunnerOutput:
     sample_requests: list[Request]  # row order of logits
 
 
+def _output(logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
+    return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), requests)  # fp32 for sampling
+
+
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, device: torch.device,
                  dtype: torch.dtype, *, cuda_graphs: bool = False, max_model_len: int = 0,
@@ -84,7 +88,7 @@ class ModelRunner:
                 return RunnerOutput(torch.empty(0, self.model.config.vocab_size), [])
             rows = torch.tensor(sample_rows, device=self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))
-        return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), sample_requests)  # fp32 for sampling
+        return _output(logits, sample_requests)
 
     def _execute_graph(self, chunks: list[ScheduledChunk]) -> RunnerOutput | None:
         assert self.graphs is not None
@@ -97,7 +101,7 @@ class ModelRunner:
             rows = [i for i, c in enumerate(chunks) if c.samples]
             if len(rows) < len(chunks):
                 logits = logits.index_select(0, torch.tensor(rows, device=self.device))
-            return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), [chunks[i].request for i in rows])
+        return _output(logits, [chunks[i].request for i in rows])
 
     def _prepare(self, chunks: list[ScheduledChunk]
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[ScheduledChunk]]:
