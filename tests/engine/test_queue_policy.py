@@ -22,15 +22,16 @@ def test_fcfs_keeps_arrival_order_and_puts_preempted_first():
     assert list(q) == [c, a, b] and q.pop() is c and len(q) == 2
 
 
+def _with_deadline(priority: int, deadline_s: float):
+    request = create_request(priority=priority)
+    request.deadline_s = deadline_s
+    return request
+
+
 def test_priority_orders_by_class_then_deadline_then_arrival():
     now = [100.0]
     q = PriorityQueue(clock=lambda: now[0])
-    batch = create_request(priority=10)
-    batch.deadline_s = 130.0
-    early = create_request(priority=0)
-    early.deadline_s = 101.0
-    late = create_request(priority=0)
-    late.deadline_s = 102.0
+    batch, early, late = _with_deadline(10, 130.0), _with_deadline(0, 101.0), _with_deadline(0, 102.0)
     for r in (batch, late, early):
         q.push(r)
     assert list(q) == [early, late, batch]
@@ -41,10 +42,7 @@ def test_priority_orders_by_class_then_deadline_then_arrival():
 def test_overdue_requests_age_into_the_most_urgent_rank():
     now = [100.0]
     q = PriorityQueue(clock=lambda: now[0])
-    batch = create_request(priority=10)
-    batch.deadline_s = 110.0
-    interactive = create_request(priority=0)
-    interactive.deadline_s = 112.0
+    batch, interactive = _with_deadline(10, 110.0), _with_deadline(0, 112.0)
     q.push(interactive)
     q.push(batch)
     assert q.peek() is interactive
