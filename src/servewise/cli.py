@@ -163,7 +163,7 @@ def _request_log_handler() -> logging.Handler:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from servewise.server.app import create_app, engine_factory_for
+    from servewise.server.app import create_app, local_backend_factory
     from servewise.server.lifecycle import DrainingServer
 
     config = engine_config(args)
@@ -173,7 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = slo_settings(args)
     except (ValueError, OSError) as exc:
         raise SystemExit(f"servewise serve: {exc}") from None
-    app = create_app(server, config, engine_factory_for(config), settings)
+    app = create_app(server, config, local_backend_factory(config, settings), settings)
     logging.getLogger("servewise.server").info(
         "ServeWise %s listening on http://%s:%d (OpenAI API under /v1); SLO classes %s, admission %s, %s",
         __version__, args.host, args.port, ", ".join(settings.slo_config.class_names), args.admission,

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from servewise.config import CacheConfig, EngineConfig, ServerConfig
-from servewise.server.app import create_app, engine_factory_for
+from servewise.server.app import create_app, local_backend_factory
 from servewise.server.slo_runtime import SLOSettings
 from tests.server.conftest import InProcessServer
 
@@ -17,7 +17,7 @@ from tests.server.conftest import InProcessServer
 @pytest.fixture()
 def server(tiny_dirs):
     config = EngineConfig(model=str(tiny_dirs["llama"]), cache=CacheConfig(num_blocks=256))
-    app = create_app(ServerConfig(), config, engine_factory_for(config), SLOSettings(watchdog_timeout_s=1.0))
+    app = create_app(ServerConfig(), config, local_backend_factory(config), SLOSettings(watchdog_timeout_s=1.0))
     with InProcessServer(app) as srv:
         yield srv
 
@@ -28,7 +28,7 @@ def _chat(base: str, **extra) -> httpx.Response:
 
 
 def test_a_request_that_fails_in_the_engine_gets_500_and_others_are_served(server):
-    llm_engine = server.app.state.servewise.engine.engine
+    llm_engine = server.app.state.servewise.backend.engine.engine
     real = llm_engine.sampler.sample
 
     def flaky(logits, requests):
@@ -54,7 +54,7 @@ def test_a_request_that_fails_in_the_engine_gets_500_and_others_are_served(serve
 
 
 def test_watchdog_turns_ready_503_while_a_step_is_stuck(server):
-    llm_engine = server.app.state.servewise.engine.engine
+    llm_engine = server.app.state.servewise.backend.engine.engine
     release = threading.Event()
     real_step = llm_engine.step
 
@@ -82,17 +82,17 @@ def test_watchdog_turns_ready_503_while_a_step_is_stuck(server):
 
 
 def test_admission_is_asked_only_for_the_prompt_tokens_the_prefix_cache_lacks(server):
-    slo = server.app.state.servewise.slo
-    real_admit, asked = slo.admit, []
+    admission = server.app.state.servewise.backend.admission
+    real_admit, asked = admission.admit, []
 
-    def spy(tenant, slo_class, prompt_tokens, *args, **kwargs):
+    def spy(key, prompt_tokens, *args, **kwargs):
         asked.append(prompt_tokens)
-        return real_admit(tenant, slo_class, prompt_tokens, *args, **kwargs)
+        return real_admit(key, prompt_tokens, *args, **kwargs)
 
-    slo.admit = spy
+    admission.admit = spy
     system = {"role": "system", "content": "You are a terse assistant. " * 20}
     for question in ("hello", "what is up"):
         body = {"messages": [system, {"role": "user", "content": question}], "max_tokens": 2}
         assert httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
-    block_size = server.app.state.servewise.engine.engine.kv_cache.block_size
+    block_size = server.app.state.servewise.backend.engine.engine.kv_cache.block_size
     assert asked[0] > 100 and asked[1] < 2 * block_size  # the shared system prompt is cached the second time

@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servewise import __version__
 from servewise.config import EngineConfig, ServerConfig
-from servewise.engine.async_engine import AsyncEngine
 from servewise.errors import AuthenticationError, ServeWiseError
 from servewise.server import routes_openai, routes_ops, routes_slo
+from servewise.server.backend import Backend
 from servewise.server.lifecycle import run_watchdog
 from servewise.server.responses import error_body
 from servewise.server.slo_runtime import ANONYMOUS, SLORuntime, SLOSettings
@@ -94,22 +94,21 @@ def _error_response(state: ServerState, exc: ServeWiseError) -> JSONResponse:
 
 
 def create_app(server_config: ServerConfig, engine_config: EngineConfig,
-               engine_factory: Callable[[], AsyncEngine], slo_settings: SLOSettings | None = None) -> FastAPI:
-    """The app; the engine is built by ``engine_factory`` in a thread once the app starts."""
+               backend_factory: Callable[[], Backend], slo_settings: SLOSettings | None = None) -> FastAPI:
+    """The app; the backend is built by ``backend_factory`` in a thread once the app starts."""
     settings = slo_settings or SLOSettings()
-    state = ServerState(server_config, engine_config, engine_factory, settings,
-                        SLORuntime(settings, engine_config.scheduler))
+    state = ServerState(server_config, engine_config, backend_factory, settings, SLORuntime(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await state.start_engine()
-        watchdog = asyncio.create_task(run_watchdog(state, settings.watchdog_timeout_s))
+        await state.start_backend()
+        watchdog = asyncio.create_task(run_watchdog(state))
         try:
             yield
         finally:
             watchdog.cancel()
-            if state.engine is not None:
-                state.engine.shutdown()
+            if state.backend is not None:
+                state.backend.shutdown()
 
     app = FastAPI(title="ServeWise", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.servewise = state
@@ -140,11 +139,17 @@ def create_app(server_config: ServerConfig, engine_config: EngineConfig,
     return app
 
 
-def engine_factory_for(config: EngineConfig) -> Callable[[], AsyncEngine]:
-    def build() -> AsyncEngine:
-        from servewise.engine.llm_engine import LLMEngine
+def local_backend_factory(config: EngineConfig, settings: SLOSettings | None = None) -> Callable[[], Backend]:
+    """Builds the engine of this process (loading the model) with its predictive admission."""
 
-        return AsyncEngine(LLMEngine(config))
+    def build() -> Backend:
+        from servewise.engine.async_engine import AsyncEngine
+        from servewise.engine.llm_engine import LLMEngine
+        from servewise.server.backend import LocalBackend
+        from servewise.slo import AdmissionController
+
+        admission = AdmissionController((settings or SLOSettings()).admission_config(config.scheduler))
+        return LocalBackend(AsyncEngine(LLMEngine(config)), admission)
 
     return build
 

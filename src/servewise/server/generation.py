@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from servewise.engine.async_engine import AsyncEngine
 from servewise.engine.results import GenerationResult, ResultBuilder
 from servewise.errors import EngineError, ServeWiseError
 from servewise.server.responses import (
@@ -25,21 +24,22 @@ from servewise.server.validation import ValidGeneration
 from servewise.types import FinishReason, RequestOutput
 
 DONE = sse("[DONE]")
+# Opens one engine request's output stream: (engine request id, prompt token ids) -> outputs.
+OpenStream = Callable[[str, tuple[int, ...]], AsyncIterator[RequestOutput]]
 
 
 class Generation:
     """A request's prompts running in the engine; keeps every output so usage and logs can be derived."""
 
-    def __init__(self, engine: AsyncEngine, valid: ValidGeneration, request_id: str, arrival_s: float,
-                 engine_ids: list[str], priority: int = 0, deadline_s: float | None = None,
+    def __init__(self, open_stream: OpenStream, valid: ValidGeneration, request_id: str, arrival_s: float,
+                 engine_ids: list[str], decode: Callable[[list[int]], str],
                  on_first_token: Callable[[float], None] | None = None) -> None:
-        self.engine = engine
+        self.open_stream = open_stream
         self.valid = valid
         self.request_id = request_id
         self.arrival_s = arrival_s
         self.engine_ids = engine_ids  # one unique engine request id per prompt
-        self.priority = priority
-        self.deadline_s = deadline_s
+        self.decode = decode  # token ids -> text (echo of a token-id prompt)
         self.on_first_token = on_first_token  # called once with the TTFT in seconds
         self.first_token_s: float | None = None  # monotonic time the first token reached the server
         n = valid.params.n
@@ -97,9 +97,7 @@ class Generation:
                 t.cancel()
 
     async def _one(self, i: int) -> AsyncIterator[RequestOutput]:
-        async for out in self.engine.generate(self.engine_ids[i], self.valid.prompts[i], self.valid.params,
-                                              priority=self.priority, deadline_s=self.deadline_s,
-                                              arrival_s=self.arrival_s):
+        async for out in self.open_stream(self.engine_ids[i], self.valid.prompts[i]):
             self.builders[i].add(out)
             if self.first_token_s is None and any(c.token_ids for c in out.outputs):
                 self.first_token_s = time.monotonic()
@@ -141,7 +139,7 @@ async def full_response(gen: Generation, created: int, fingerprint: str, formatt
 def _prompt_text(gen: Generation, prompt_index: int) -> str:
     text = gen.valid.prompt_texts[prompt_index]
     if text is None:
-        text = gen.engine.tokenizer.decode(list(gen.valid.prompts[prompt_index]), skip_special_tokens=False)
+        text = gen.decode(list(gen.valid.prompts[prompt_index]))
     return text
 
 

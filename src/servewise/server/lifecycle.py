@@ -10,18 +10,18 @@ from types import FrameType
 
 import uvicorn
 
-from servewise.server.state import ServerState, stall_reason
+from servewise.server.state import ServerState
 from servewise.types import FinishReason
 
 logger = logging.getLogger("servewise.server")
 
 
-async def run_watchdog(state: ServerState, timeout_s: float, period_s: float = 0.5) -> None:
-    """Log every change of the stall state; /ready reads stall_reason directly."""
+async def run_watchdog(state: ServerState, period_s: float = 0.5) -> None:
+    """Log every change of readiness once the backend runs; /ready asks the backend directly."""
     stalled: str | None = None
     while True:
         await asyncio.sleep(period_s)
-        reason = stall_reason(state, timeout_s)
+        reason = state.not_ready_reason() if state.backend is not None and not state.draining else None
         if reason and not stalled:
             logger.error("not ready: %s", reason)
         elif stalled and not reason:
@@ -32,7 +32,7 @@ async def run_watchdog(state: ServerState, timeout_s: float, period_s: float = 0
 async def drain(state: ServerState, timeout_s: float) -> None:
     """Refuse new work, let in-flight requests finish up to timeout_s, then cut the rest short."""
     state.draining = True
-    engine = state.engine
+    engine = state.backend
     if engine is None:
         return
     logger.info("draining: %d requests in flight, up to %g s", engine.num_in_flight, timeout_s)
@@ -79,8 +79,8 @@ class DrainingServer(uvicorn.Server):
         else:
             logger.warning("received %s again: stopping now", signal.Signals(sig).name)
             self.state.draining = True
-            if self.state.engine is not None:
-                self.state.engine.abort_all(FinishReason.DRAIN)
+            if self.state.backend is not None:
+                self.state.backend.abort_all(FinishReason.DRAIN)
             self.should_exit = True
 
     def _start_drain(self) -> None:

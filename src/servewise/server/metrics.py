@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from servewise.engine.stats import EngineStats
@@ -80,7 +81,7 @@ class _SampleCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, engine_stats: Callable[[], EngineStats],
+    def __init__(self, model_name: str, engine_stats: Callable[[], EngineStats] | None,
                  samples: Callable[[], Iterable[MetricSample]] | None = None) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
@@ -99,7 +100,8 @@ class ServerMetrics:
                                ["model_name", "finished_reason"], registry=r)
         self.failure = Counter(PREFIX + "request_failure", "Requests failed, by error type.",
                                ["model_name", "error_type"], registry=r)
-        r.register(_EngineCollector(engine_stats, model_name))
+        if engine_stats is not None:  # None at a fleet's ingress: its replicas export the engine series
+            r.register(_EngineCollector(engine_stats, model_name))
         if samples is not None:
             r.register(_SampleCollector(samples))
 
@@ -128,3 +130,26 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def merge_replica_metrics(own_text: str, replicas: Sequence[tuple[str, str]], own_replica: str = "fleet") -> str:
+    """One exposition of a fleet: the ingress's own series labelled ``replica="fleet"`` and each
+    replica's labelled with its id, every family's HELP and TYPE once."""
+    families: dict[str, Metric] = {}
+    for replica, text in ((own_replica, own_text), *replicas):
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+            merged.samples.extend(s._replace(labels={**s.labels, "replica": replica}) for s in family.samples)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families.values()))
+    return generate_latest(registry).decode()

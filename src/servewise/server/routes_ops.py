@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from servewise import __version__
 from servewise.errors import InvalidRequestError
+from servewise.server.metrics import merge_replica_metrics
 from servewise.server.protocol import DetokenizeRequest, TokenizeRequest
 from servewise.server.routes_openai import get_state, read_body
 from servewise.server.validation import check_model, message_text, parse_body
@@ -34,23 +35,26 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/version")
 async def version(request: Request) -> JSONResponse:
-    state = get_state(request)
-    engine = state.engine
-    return JSONResponse({"version": __version__, "model": engine.model_info.name if engine else None,
-                         "model_path": engine.model_info.path if engine else None})
+    backend = get_state(request).backend
+    return JSONResponse({"version": __version__, "model": backend.model_info.name if backend else None,
+                         "model_path": backend.model_info.path if backend else None})
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     state = get_state(request)
     body = state.metrics.render() if state.metrics is not None else b""
+    if state.backend is not None:
+        reports = await state.backend.replica_reports()
+        if reports:
+            body = merge_replica_metrics(body.decode(), [(r.replica, r.metrics_text) for r in reports]).encode()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.post("/tokenize")
 async def tokenize(request: Request) -> JSONResponse:
     state = get_state(request)
-    engine = state.require_engine()
+    engine = state.require_backend()
     req = parse_body(TokenizeRequest, await read_body(request, state.config.max_body_bytes))
     check_model(req.model, engine.model_info.name)
     tok = engine.tokenizer
@@ -66,7 +70,7 @@ async def tokenize(request: Request) -> JSONResponse:
 @router.post("/detokenize")
 async def detokenize(request: Request) -> JSONResponse:
     state = get_state(request)
-    engine = state.require_engine()
+    engine = state.require_backend()
     req = parse_body(DetokenizeRequest, await read_body(request, state.config.max_body_bytes))
     check_model(req.model, engine.model_info.name)
     vocab = engine.model_info.vocab_size

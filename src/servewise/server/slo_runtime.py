@@ -1,8 +1,8 @@
-"""The server's SLO machinery for one process: who is calling, which class, admit or shed,
-and what every finished request did to attainment, usage and the rate limits.
+"""The server's SLO machinery at the edge: who is calling, which class, the tenant's limits,
+and what every finished request did to attainment, usage and the rate limits. Predictive
+admission belongs to the backend (``server/backend.py``): one engine, or a fleet.
 
-Owned by the event loop (the slo/ components are not thread-safe); the engine is only
-read through its published stats snapshot.
+Owned by the event loop (the slo/ components are not thread-safe).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from servewise.config import SchedulerConfig
-from servewise.engine.stats import EngineStats
 from servewise.errors import AuthenticationError, OverloadedError
 from servewise.slo import (
     AdmissionConfig,
-    AdmissionController,
     AdmissionMode,
     ApiKeyStore,
     Lease,
@@ -60,6 +58,12 @@ class SLOSettings:
         if self.api_keys is not None:
             self.api_keys.check_classes(self.slo_config.class_names)
 
+    def admission_config(self, scheduler: SchedulerConfig) -> AdmissionConfig:
+        """Predictive admission for an engine with this scheduler config."""
+        return AdmissionConfig.for_scheduler(scheduler, mode=self.admission_mode,
+                                             max_queued_prefill_tokens=self.max_queued_prefill_tokens,
+                                             max_num_waiting_requests=self.max_num_waiting_requests)
+
 
 @dataclass
 class Ticket:
@@ -74,14 +78,10 @@ class Ticket:
 
 
 class SLORuntime:
-    def __init__(self, settings: SLOSettings, scheduler: SchedulerConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: SLOSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.slo_config = settings.slo_config
         self.tracker = SLOTracker(settings.slo_config, clock=clock)
-        self.admission = AdmissionController(AdmissionConfig.for_scheduler(
-            scheduler, mode=settings.admission_mode, max_queued_prefill_tokens=settings.max_queued_prefill_tokens,
-            max_num_waiting_requests=settings.max_num_waiting_requests), clock=clock)
         self.limiter = RateLimiter(clock)
         self.usage = UsageMeter(UsageConfig(settings.price_per_device_hour))
         self._keys = itertools.count()
@@ -106,32 +106,26 @@ class SLORuntime:
     def classify(self, tenant: Tenant, requested: str | None) -> SLOClass:
         return resolve_class(self.slo_config, tenant.slo_class, requested)
 
-    def admit(self, tenant: Tenant, slo_class: SLOClass, prompt_tokens: int, reserved_tokens: int,
-              stats: EngineStats, num_in_flight: int) -> Ticket:
-        """Rate limits, then predictive admission; raises RateLimitError / OverloadedError (429)."""
+    def admit(self, tenant: Tenant, slo_class: SLOClass, reserved_tokens: int,
+              predict: Callable[[int], float]) -> Ticket:
+        """The tenant's rate limits, then ``predict(key)`` (the backend's predictive admission:
+        the predicted TTFT, or OverloadedError); raises RateLimitError / OverloadedError (429)."""
         lease = self.limiter.acquire(tenant, reserved_tokens)
         key = next(self._keys)
-        self.admission.observe_steps(stats.recent_steps)
-        num_waiting = max(stats.num_waiting, num_in_flight - stats.num_running)
         try:
-            decision = self.admission.admit(key, prompt_tokens, slo_class, num_running=stats.num_running,
-                                            num_waiting=num_waiting)
+            predicted_ttft_s = predict(key)
         except OverloadedError:
             self.limiter.release(lease, used_tokens=0)
             self.tracker.record(slo_class.name, Outcome.SHED)
             raise
-        return Ticket(key, tenant, slo_class, lease, decision.prediction.ttft_s)
-
-    def first_token(self, ticket: Ticket, ttft_s: float) -> None:
-        if not ticket.first_token_seen:
-            ticket.first_token_seen = True
-            self.admission.on_first_token(ticket.key, ttft_s)
-            self.admission.observe_ttft(ticket.predicted_ttft_s, ttft_s)
+        except BaseException:
+            self.limiter.release(lease, used_tokens=0)
+            raise
+        return Ticket(key, tenant, slo_class, lease, predicted_ttft_s)
 
     def finish(self, ticket: Ticket, outcome: Outcome, timings: list[RequestTimings], arrival_s: float,
                usage: RequestUsage) -> None:
         """The request ended (call exactly once, in a finally): attainment, usage, limits."""
-        self.admission.on_finished(ticket.key)
         self.limiter.release(ticket.lease, used_tokens=usage.prompt_tokens + usage.completion_tokens)
         self.usage.record(ticket.tenant.name, usage)
         ttft, tpot, e2e = _latencies(timings, arrival_s, usage.completion_tokens)
@@ -139,10 +133,7 @@ class SLORuntime:
 
     def metric_samples(self) -> Iterator[MetricSample]:
         yield from self.tracker.metric_samples()
-        yield from self.admission.metric_samples()
         yield from self.usage.metric_samples()
-        for reason, count in self.admission.num_shed.items():
-            yield MetricSample("servewise:requests_shed_total", {"reason": reason.value}, float(count))
 
 
 def _latencies(timings: list[RequestTimings], arrival_s: float, num_tokens: int

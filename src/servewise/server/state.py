@@ -1,4 +1,4 @@
-"""What the HTTP layer holds: the engine (once loaded), config, metrics, lifecycle flags."""
+"""What the HTTP layer holds: the backend (once loaded), config, metrics, lifecycle flags."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ import asyncio
 import hashlib
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from servewise import __version__
 from servewise.config import EngineConfig, ServerConfig
-from servewise.engine.async_engine import AsyncEngine
 from servewise.engine.stats import EngineStats
 from servewise.errors import ServiceUnavailableError
+from servewise.server.backend import Backend
 from servewise.server.metrics import ServerMetrics
 from servewise.server.responses import LogprobFormatter
 from servewise.server.slo_runtime import SLORuntime, SLOSettings
+from servewise.slo import MetricSample
 
 logger = logging.getLogger("servewise.server")
 
@@ -26,11 +26,11 @@ logger = logging.getLogger("servewise.server")
 class ServerState:
     config: ServerConfig
     engine_config: EngineConfig
-    # Builds the engine (slow: loads the model); run in a thread so /health answers meanwhile.
-    engine_factory: Callable[[], AsyncEngine]
+    # Builds the backend (slow: loads the model); run in a thread so /health answers meanwhile.
+    backend_factory: Callable[[], Backend]
     settings: SLOSettings
     slo: SLORuntime
-    engine: AsyncEngine | None = None
+    backend: Backend | None = None
     load_error: str | None = None
     metrics: ServerMetrics | None = None
     formatter: LogprobFormatter | None = None
@@ -41,44 +41,43 @@ class ServerState:
     on_load_error: Callable[[], None] | None = None
 
     def stats(self) -> EngineStats:
-        return self.engine.stats if self.engine is not None else EngineStats()
+        return self.backend.stats() if self.backend is not None else EngineStats()
 
-    def require_engine(self) -> AsyncEngine:
-        """The engine if it can take new work, else a 503 saying why."""
+    def require_backend(self) -> Backend:
+        """The backend if it can take new work, else a 503 saying why."""
         if self.draining:
             raise ServiceUnavailableError("the server is shutting down", retry_after_s=5)
-        if self.engine is None:
+        if self.backend is None:
             reason = self.load_error or "the model is still loading"
             raise ServiceUnavailableError(reason, retry_after_s=None if self.load_error else 5)
-        if not self.engine.is_running:
-            raise ServiceUnavailableError(f"the engine is not running: {self.engine.dead_reason}")
-        return self.engine
+        down = self.backend.not_ready_reason(float("inf"))
+        if down is not None:
+            raise ServiceUnavailableError(f"the engine is not running: {down}", retry_after_s=5)
+        return self.backend
 
     def not_ready_reason(self) -> str | None:
         if self.draining:
             return "draining"
-        if self.engine is None:
+        if self.backend is None:
             return self.load_error or "loading model"
-        if not self.engine.is_running:
-            return self.engine.dead_reason or "engine loop not running"
-        return stall_reason(self, self.settings.watchdog_timeout_s)
+        return self.backend.not_ready_reason(self.settings.watchdog_timeout_s)
 
-    async def start_engine(self) -> None:
-        """Load the model in a worker thread, then start the engine loop on this event loop."""
+    async def start_backend(self) -> None:
+        """Load the model in a worker thread, then start the backend on this event loop."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[AsyncEngine] = loop.create_future()
+        done: asyncio.Future[Backend] = loop.create_future()
 
         def load() -> None:
             try:
-                engine = self.engine_factory()
+                backend = self.backend_factory()
             except BaseException as exc:  # reported by /ready and every request, logged once
                 loop.call_soon_threadsafe(_set_exception, done, exc)
             else:
-                loop.call_soon_threadsafe(_set_result, done, engine)
+                loop.call_soon_threadsafe(_set_result, done, backend)
 
         threading.Thread(target=load, name="servewise-load", daemon=True).start()
         try:
-            engine = await done
+            backend = await done
         except Exception as exc:
             self.load_error = f"model failed to load: {exc}"
             logger.error(self.load_error)
@@ -86,38 +85,29 @@ class ServerState:
             if self.on_load_error is not None:
                 self.on_load_error()
             return
-        engine.start(loop)
-        info = engine.model_info
-        self.metrics = ServerMetrics(info.name, self.stats, self.slo.metric_samples)
-        self.formatter = LogprobFormatter(engine.tokenizer)
+        backend.start(loop)
+        info = backend.model_info
+
+        def samples() -> Iterator[MetricSample]:
+            yield from self.slo.metric_samples()
+            yield from backend.metric_samples()
+
+        self.metrics = ServerMetrics(info.name, backend.stats if backend.has_engine_series() else None, samples)
+        self.formatter = LogprobFormatter(backend.tokenizer)
         self.fingerprint = "fp_" + hashlib.sha256(f"{__version__}|{info.path}|{self.engine_config}".encode()
                                                   ).hexdigest()[:10]
-        self.engine = engine
+        self.backend = backend
         logger.info("model %s loaded from %s: context %d tokens, KV cache %d blocks × %d tokens = %d tokens",
                     info.name, info.path, info.max_model_len, info.num_kv_blocks, info.block_size,
                     info.num_kv_blocks * info.block_size)
         self.loaded.set()
 
 
-def stall_reason(state: ServerState, timeout_s: float, now_s: float | None = None) -> str | None:
-    """Why the engine is not making progress, or None: work waits and no step ended for timeout_s."""
-    engine = state.engine
-    if engine is None or engine.work_since_s is None:
-        return None
-    now = time.monotonic() if now_s is None else now_s
-    last_step = engine.stats.last_step_end_s or 0.0
-    quiet_s = now - max(last_step, engine.work_since_s)
-    if quiet_s <= timeout_s:
-        return None
-    return (f"engine stalled: no step completed for {quiet_s:.1f} s with {engine.num_in_flight} requests "
-            f"in flight (watchdog timeout {timeout_s:g} s)")
-
-
-def _set_result(fut: asyncio.Future[AsyncEngine], value: AsyncEngine) -> None:
+def _set_result(fut: asyncio.Future[Backend], value: Backend) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _set_exception(fut: asyncio.Future[AsyncEngine], exc: BaseException) -> None:
+def _set_exception(fut: asyncio.Future[Backend], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)

@@ -124,6 +124,30 @@ class AdmissionDecision:
         return OverloadedError(self.message, retry_after_s=self.retry_after_s, reason=self.shed_reason.value)
 
 
+def prefill_time_s(num_tokens: int, num_running: int, max_num_batched_tokens: int,
+                   cost: StepCost) -> tuple[float, int]:
+    """Seconds and engine steps to prefill ``num_tokens`` with ``num_running`` decodes in every step:
+    ``n = ceil(tokens / (B - D))`` steps of ``a + c·D`` each, plus ``b·tokens``."""
+    if num_tokens <= 0:
+        return 0.0, 0
+    budget = max_num_batched_tokens
+    num_decodes = min(max(num_running, 0), budget - 1) if budget > 1 else 0
+    num_steps = math.ceil(num_tokens / (budget - num_decodes))
+    seconds = num_steps * (cost.step_overhead_s + cost.decode_s_per_token * num_decodes)
+    return seconds + cost.prefill_s_per_token * num_tokens, num_steps
+
+
+def predict_ttft(cost: StepCost, max_num_batched_tokens: int, tokens_ahead: int, prompt_tokens: int,
+                 num_running: int) -> TTFTPrediction:
+    """The admission formula (module docstring), a pure function: the fleet router scores each
+    replica with it, and the planner and the admission controller share it."""
+    wait_s, _ = prefill_time_s(tokens_ahead, num_running, max_num_batched_tokens, cost)
+    ttft_s, num_steps = prefill_time_s(tokens_ahead + max(prompt_tokens, 1), num_running,
+                                       max_num_batched_tokens, cost)
+    return TTFTPrediction(ttft_s=ttft_s, queue_wait_s=wait_s, num_prefill_tokens_ahead=tokens_ahead,
+                          num_steps=num_steps)
+
+
 @dataclass
 class _Pending:
     prompt_tokens: int
@@ -206,23 +230,14 @@ class AdmissionController:
             return self.num_queued_prefill_tokens
         return sum(n for p, n in self._tokens_by_priority.items() if p <= priority)
 
-    def _prefill_time(self, num_tokens: int, num_running: int, cost: StepCost) -> tuple[float, int]:
-        if num_tokens <= 0:
-            return 0.0, 0
-        budget = self.config.max_num_batched_tokens
-        num_decodes = min(max(num_running, 0), budget - 1) if budget > 1 else 0
-        num_steps = math.ceil(num_tokens / (budget - num_decodes))
-        seconds = num_steps * (cost.step_overhead_s + cost.decode_s_per_token * num_decodes)
-        return seconds + cost.prefill_s_per_token * num_tokens, num_steps
+    def tokens_by_priority(self) -> dict[int, int]:
+        """Prompt tokens admitted and waiting for their first token, by class priority."""
+        return dict(self._tokens_by_priority)
 
     def predict(self, prompt_tokens: int, slo_class: SLOClass, *, num_running: int) -> TTFTPrediction:
         """Predicted TTFT of a request of ``prompt_tokens`` if it were queued now."""
-        cost = self.cost_model.cost()
-        ahead = self._tokens_ahead(slo_class.priority)
-        wait_s, _ = self._prefill_time(ahead, num_running, cost)
-        ttft_s, num_steps = self._prefill_time(ahead + max(prompt_tokens, 1), num_running, cost)
-        return TTFTPrediction(ttft_s=ttft_s, queue_wait_s=wait_s, num_prefill_tokens_ahead=ahead,
-                              num_steps=num_steps)
+        return predict_ttft(self.cost_model.cost(), self.config.max_num_batched_tokens,
+                            self._tokens_ahead(slo_class.priority), prompt_tokens, num_running)
 
     def _shed_reason(self, pred: TTFTPrediction, prompt_tokens: int, slo: SLOClass, num_running: int,
                      num_waiting: int) -> tuple[ShedReason, str] | None:
