@@ -117,3 +117,9 @@ class ModelLoadError(ServeWiseError):
         super().__init__(f"cannot load model from {path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class ReplicaLostError(ServiceUnavailableError):
+    """A fleet's engine replica died or became unreachable while serving the request."""
+
+    error_type = "replica_lost"

@@ -35,6 +35,15 @@ def hash_block(parent_hash: bytes | None, token_ids: Sequence[int]) -> bytes:
     return h.digest()
 
 
+def chain_hashes(token_ids: Sequence[int], block_size: int, start: int, stop: int,
+                 parent: bytes | None = None) -> Iterator[bytes]:
+    """Hashes of full blocks start..stop-1, chained on ``parent`` (the hash of block start-1).
+    The fleet's router hashes prompts with it too, so its prefix estimates name the same blocks."""
+    for i in range(start, stop):
+        parent = hash_block(parent, token_ids[i * block_size:(i + 1) * block_size])
+        yield parent
+
+
 class BlockPool:
     def __init__(self, num_blocks: int) -> None:
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
@@ -124,19 +133,11 @@ class KVCacheManager:
     def num_blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def _chain_hashes(self, token_ids: Sequence[int], start: int, stop: int,
-                      parent: bytes | None) -> Iterator[bytes]:
-        """Hashes of full blocks start..stop-1, chained on ``parent`` (the hash of block start-1)."""
-        bs = self.block_size
-        for i in range(start, stop):
-            parent = hash_block(parent, token_ids[i * bs:(i + 1) * bs])
-            yield parent
-
     def _block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
         hashes = request.block_hashes  # memoised on the request
         if len(hashes) < num_blocks:
-            hashes.extend(self._chain_hashes(request.token_ids, len(hashes), num_blocks,
-                                             hashes[-1] if hashes else None))
+            hashes.extend(chain_hashes(request.token_ids, self.block_size, len(hashes), num_blocks,
+                                       hashes[-1] if hashes else None))
         return hashes[:num_blocks]
 
     def _cached_run(self, hashes: Iterable[bytes]) -> list[int]:
@@ -163,7 +164,7 @@ class KVCacheManager:
         no LRU touch; safe to call from another thread, the answer may be stale a step later)."""
         if not self.enable_prefix_caching:
             return 0
-        hashes = self._chain_hashes(token_ids, 0, (len(token_ids) - 1) // self.block_size, None)
+        hashes = chain_hashes(token_ids, self.block_size, 0, (len(token_ids) - 1) // self.block_size)
         return len(self._cached_run(hashes)) * self.block_size
 
     def shareable_blocks(self, parent: Request, child: Request) -> list[int]:

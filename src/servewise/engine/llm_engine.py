@@ -86,6 +86,24 @@ def model_dtype(config: DeviceConfig, dev: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def check_prompt(info: ModelInfo, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
+    """Raise InvalidRequestError / ContextLengthError if this model cannot serve the request
+    (a fleet's ingress checks with its replicas' ModelInfo before routing)."""
+    if not prompt_token_ids:
+        raise InvalidRequestError("the prompt is empty", param="prompt")
+    if any(not 0 <= t < info.vocab_size for t in prompt_token_ids):
+        raise InvalidRequestError(f"prompt token ids must be in [0, {info.vocab_size})", param="prompt")
+    params.check_token_ids(info.vocab_size)
+    needed = len(prompt_token_ids) + (params.max_tokens or 1)
+    if needed > info.max_model_len:
+        what = f"{len(prompt_token_ids)} prompt tokens"
+        if params.max_tokens:
+            what += f" + {params.max_tokens} max_tokens = {needed} tokens"
+        raise ContextLengthError(
+            f"this model's maximum context length is {info.max_model_len} tokens, "
+            f"but the request needs {what}", param="max_tokens" if params.max_tokens else "prompt")
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None) -> None:
         self.config = config
@@ -134,19 +152,7 @@ class LLMEngine:
 
     def validate_prompt(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
         """Raise InvalidRequestError / ContextLengthError if the request cannot be served."""
-        if not prompt_token_ids:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
-            raise InvalidRequestError(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
-        params.check_token_ids(self.vocab_size)
-        needed = len(prompt_token_ids) + (params.max_tokens or 1)
-        if needed > self.max_model_len:
-            what = f"{len(prompt_token_ids)} prompt tokens"
-            if params.max_tokens:
-                what += f" + {params.max_tokens} max_tokens = {needed} tokens"
-            raise ContextLengthError(
-                f"this model's maximum context length is {self.max_model_len} tokens, "
-                f"but the request needs {what}", param="max_tokens" if params.max_tokens else "prompt")
+        check_prompt(self.model_info, prompt_token_ids, params)
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
                     arrival_s: float | None = None, priority: int = 0, deadline_s: float | None = None) -> None:

@@ -128,7 +128,7 @@ class SLORuntime:
         """The request ended (call exactly once, in a finally): attainment, usage, limits."""
         self.limiter.release(ticket.lease, used_tokens=usage.prompt_tokens + usage.completion_tokens)
         self.usage.record(ticket.tenant.name, usage)
-        ttft, tpot, e2e = _latencies(timings, arrival_s, usage.completion_tokens)
+        ttft, tpot, e2e = request_latencies(timings, arrival_s, usage.completion_tokens)
         self.tracker.record(ticket.slo_class.name, outcome, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e)
 
     def metric_samples(self) -> Iterator[MetricSample]:
@@ -136,8 +136,8 @@ class SLORuntime:
         yield from self.usage.metric_samples()
 
 
-def _latencies(timings: list[RequestTimings], arrival_s: float, num_tokens: int
-               ) -> tuple[float | None, float | None, float | None]:
+def request_latencies(timings: list[RequestTimings], arrival_s: float, num_tokens: int
+                      ) -> tuple[float | None, float | None, float | None]:
     firsts = [t.first_token_s for t in timings if t.first_token_s is not None]
     lasts = [t.last_token_s for t in timings if t.last_token_s is not None]
     if not firsts:
