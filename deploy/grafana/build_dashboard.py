@@ -15,11 +15,14 @@ OUTPUT = Path(__file__).with_name("servewise.json")
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 CLASS = 'slo_class=~"$slo_class"'
 TENANT = 'tenant=~"$tenant"'
+# One server, or a fleet's ingress (replica="fleet"): not its replicas' own series again.
+WHOLE = 'replica=~"|fleet"'
+REPLICAS = 'replica!~"|fleet"'
 
 
 def _quantiles(metric: str) -> list[tuple[str, str]]:
-    return [(f"histogram_quantile({q}, sum by (le) (rate({metric}[$__rate_interval])))", f"p{round(q * 100)}")
-            for q in (0.5, 0.9, 0.99)]
+    return [(f"histogram_quantile({q}, sum by (le) (rate({metric}{{{WHOLE}}}[$__rate_interval])))",
+             f"p{round(q * 100)}") for q in (0.5, 0.9, 0.99)]
 
 
 # (row title, [(panel title, unit, [(expr, legend)], description)])
@@ -55,6 +58,28 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]]] = [
            '[$__rate_interval]))', "{{error_type}}"),
           ("sum by (reason) (rate(servewise:requests_shed_total[$__rate_interval]))", "shed: {{reason}}")],
          "Overloaded = shed by admission control; rate_limited = a tenant over its limits."),
+    ]),
+    ("Fleet (servewise serve --replicas)", [
+        ("Requests routed, by replica and reason", "reqps",
+         [("sum by (replica, reason) (rate(servewise:router_requests_total[$__rate_interval]))",
+           "{{replica}} {{reason}}")],
+         "prefix_affinity: it held the most of the prompt; least_ttft: lowest predicted TTFT; tie: random among "
+         "equals; retry: after a shed or a failure elsewhere."),
+        ("TTFT p99 per replica", "s",
+         [("histogram_quantile(0.99, sum by (le, replica) (rate(servewise:time_to_first_token_seconds_bucket"
+           f"{{{REPLICAS}}}[$__rate_interval])))", "{{replica}}")],
+         "Measured by each replica from its own arrival (the ingress's series above include routing)."),
+        ("Router: prefix hit ratio and TTFT prediction error", "none",
+         [("servewise:router_prefix_hit_ratio", "hit ratio {{kind}}"),
+          ("servewise:router_predicted_ttft_error_seconds", "error (s) {{stat}}")],
+         "estimated: from the prompt blocks the router sent each replica; actual: what the replicas found."),
+        ("Replicas: queue, stats age, failovers", "none",
+         [(f"servewise:num_requests_waiting{{{REPLICAS}}}", "waiting {{replica}}"),
+          ("servewise:router_replica_stats_age_seconds", "stats age (s) {{replica}}"),
+          ("servewise:fleet_replicas", "replicas {{state}}"),
+          ("increase(servewise:router_failovers_total[$__rate_interval])", "failovers"),
+          ("increase(servewise:router_cut_streams_total[$__rate_interval])", "cut streams")],
+         "Stats older than a few seconds mean a replica stopped publishing (dying or stalled)."),
     ]),
     ("Tenants", [
         ("Cost per tenant", "currencyUSD",

@@ -25,7 +25,9 @@ REQUIRED = SERVER_METRICS | {
     "servewise:slo_attainment_ratio", "servewise:goodput_requests_per_second",
     "servewise:error_budget_remaining_ratio", "servewise:admission_predicted_ttft_error_seconds",
     "servewise:tenant_cost_dollars_total", "servewise:tenant_prompt_tokens_total",
-    "servewise:tenant_completion_tokens_total",
+    "servewise:tenant_completion_tokens_total", "servewise:router_requests_total",
+    "servewise:router_prefix_hit_ratio", "servewise:router_predicted_ttft_error_seconds",
+    "servewise:fleet_replicas", "servewise:router_failovers_total",
 }
 METRIC = re.compile(r"servewise:[A-Za-z0-9_:]+")
 
@@ -40,7 +42,23 @@ def slo_metric_names() -> set[str]:
     usage = UsageMeter(UsageConfig(price_per_device_hour_dollars=1.0))
     usage.record("t", RequestUsage(1, 0, 1, 0.1, 0.1))
     samples = [*tracker.metric_samples(), *admission.metric_samples(), *usage.metric_samples()]
-    return {s.name for s in samples}
+    return {s.name for s in samples} | fleet_metric_names()
+
+
+def fleet_metric_names() -> set[str]:
+    """Names a fleet's ingress yields (router and failover series) once it routed a request."""
+    from servewise.fleet.ingress import FleetBackend
+    from servewise.fleet.router_core import FleetRouter
+    from servewise.fleet.routing import RouteReason
+    from tests.fleet.factories import route, stats, tokens
+
+    router = FleetRouter()
+    router.update_stats([stats("a")])
+    req = route("k", tokens(0, 40))
+    router.on_routed(req, "a", RouteReason.LOAD)
+    router.on_first_token("k", 0.5, 0)
+    backend = FleetBackend(None, None, router, None, None)  # type: ignore[arg-type]
+    return {s.name for s in backend.metric_samples()}
 
 
 @pytest.fixture(scope="module")

@@ -191,6 +191,10 @@ class FleetBackend:
 
     def metric_samples(self) -> Iterator[MetricSample]:
         yield from self.router.metric_samples()
+        replicas = self.router.replica_stats()
+        num_accepting = sum(s.accepting for s in replicas)
+        yield MetricSample("servewise:fleet_replicas", {"state": "accepting"}, float(num_accepting))
+        yield MetricSample("servewise:fleet_replicas", {"state": "not_accepting"}, float(len(replicas) - num_accepting))
         yield MetricSample("servewise:router_failovers_total", {}, float(self.num_failovers))
         yield MetricSample("servewise:router_cut_streams_total", {}, float(self.num_cut_streams))
         yield MetricSample("servewise:router_shed_retries_total", {}, float(self.num_shed_retries))
