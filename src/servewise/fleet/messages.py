@@ -24,6 +24,19 @@ class ReplicaRequest:
     route: RouteInfo  # the router reads it to pick the replica; ``route.key`` names it in stats
     age_s: float  # seconds since the ingress received the HTTP request, when sent (clocks differ by node)
 
+    @property
+    def prompt(self) -> str:
+        """The prompt as text of token ids: what Ray's prefix-tree router (``--router prefix-affinity``)
+        reads from a request; a shared token prefix is a shared character prefix."""
+        return " ".join(map(str, self.prompt_token_ids))
+
+
+@dataclass(frozen=True)
+class ReplicaCall:
+    """A control call aimed at one replica (its report); the routers send it there."""
+
+    replica_id: str
+
 
 @dataclass(frozen=True)
 class Accepted:

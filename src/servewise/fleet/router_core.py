@@ -189,6 +189,12 @@ class FleetRouter:
             if f.predicted_ttft_s is not None:
                 self.errors.observe(f.predicted_ttft_s, ttft_s)
 
+    def replica_of(self, key: str) -> str | None:
+        """The replica a request in flight was routed to."""
+        with self._lock:
+            f = self._in_flight.get(key)
+            return f.replica_id if f is not None else None
+
     def on_finished(self, key: str) -> None:
         with self._lock:
             self._in_flight.pop(key, None)
@@ -233,3 +239,17 @@ class FleetRouter:
         for replica, age in ages.items():
             yield MetricSample(PREFIX + "router_replica_stats_age_seconds", {"replica": replica}, age)
             yield MetricSample(PREFIX + "router_unseen_requests", {"replica": replica}, float(unseen[replica]))
+
+
+_ROUTERS: dict[str, FleetRouter] = {}
+_ROUTERS_LOCK = threading.Lock()
+
+
+def fleet_router(deployment: str, config: RouterConfig | None = None) -> FleetRouter:
+    """This process's router state for ``deployment``, shared by Ray's request router and the
+    ingress (the first caller's ``config`` wins)."""
+    with _ROUTERS_LOCK:
+        router = _ROUTERS.get(deployment)
+        if router is None:
+            router = _ROUTERS[deployment] = FleetRouter(config)
+        return router

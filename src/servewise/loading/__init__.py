@@ -9,8 +9,8 @@ Everything that cannot be loaded raises `servewise.errors.ModelLoadError`.
 
 from servewise.loading.checkpoint import Checkpoint, QuantizedTensor
 from servewise.loading.detokenizer import IncrementalDetokenizer
-from servewise.loading.load import embedded_model_path, load_checkpoint
+from servewise.loading.load import embedded_model_path, load_checkpoint, load_tokenizer
 from servewise.loading.tokenizer import Tokenizer
 
 __all__ = ["Checkpoint", "IncrementalDetokenizer", "QuantizedTensor", "Tokenizer", "embedded_model_path",
-           "load_checkpoint"]
+           "load_checkpoint", "load_tokenizer"]

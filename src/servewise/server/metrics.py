@@ -141,15 +141,16 @@ class _Families(Collector):
 
 
 def merge_replica_metrics(own_text: str, replicas: Sequence[tuple[str, str]], own_replica: str = "fleet") -> str:
-    """One exposition of a fleet: the ingress's own series labelled ``replica="fleet"`` and each
-    replica's labelled with its id, every family's HELP and TYPE once."""
+    """One exposition of a fleet: the ingress's own series labelled ``replica="fleet"`` (unless they
+    name a replica already: the router's), each replica's with its id, every family's HELP and TYPE once."""
     families: dict[str, Metric] = {}
     for replica, text in ((own_replica, own_text), *replicas):
         for family in text_string_to_metric_families(text):
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type)
-            merged.samples.extend(s._replace(labels={**s.labels, "replica": replica}) for s in family.samples)
+            merged.samples.extend(s._replace(labels={"replica": replica, **s.labels} if replica == own_replica
+                                             else {**s.labels, "replica": replica}) for s in family.samples)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families.values()))
     return generate_latest(registry).decode()
