@@ -12,13 +12,13 @@ BLOCK = 16
 COST = StepCost(step_overhead_s=0.01, prefill_s_per_token=0.001, decode_s_per_token=0.002)
 
 
-def stats(replica_id: str, *, queued: int = 0, running: int = 0, pending: Sequence[str] = (),
+def stats(replica_id: str, *, queued: int = 0, running: int = 0, pending: dict[str, int] | None = None,
           cost: StepCost = COST, kv_blocks: int = 1000, accepting: bool = True,
           queued_by_priority: dict[int, int] | None = None) -> ReplicaStats:
     return ReplicaStats(replica_id=replica_id, cost=cost, max_num_batched_tokens=512, max_num_seqs=64,
                         priority_order=queued_by_priority is not None,
                         queued_prefill_tokens=queued_by_priority if queued_by_priority is not None else {0: queued},
-                        pending_keys=frozenset(pending), num_running=running, num_waiting=0, kv_cache_usage=0.1,
+                        pending={k: (0, n) for k, n in (pending or {}).items()}, num_running=running, num_waiting=0, kv_cache_usage=0.1,
                         num_kv_blocks=kv_blocks, block_size=BLOCK, recent_step_s=None, accepting=accepting)
 
 

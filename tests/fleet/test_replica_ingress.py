@@ -65,12 +65,16 @@ def fleet(replicas, router: FleetRouter, failing: dict[str, int] | None = None) 
         target = order[0]
         router.on_routed(req.route, target, reason)
         count = 0
-        async for msg in replicas[target].generate(req):
-            if isinstance(msg, OutputBatch):
-                count += 1
-                if failing.get(target) is not None and count > failing[target]:
-                    raise ReplicaFailure("actor died", target)
-            yield msg
+        stream = replicas[target].generate(req)
+        try:
+            async for msg in stream:
+                if isinstance(msg, OutputBatch):
+                    count += 1
+                    if failing.get(target) is not None and count > failing[target]:
+                        raise ReplicaFailure("actor died", target)  # its work dies with it
+                yield msg
+        finally:
+            await stream.aclose()
 
     async def reports():
         return [r.report() for r in replicas.values()]
@@ -100,7 +104,7 @@ async def test_a_replica_streams_the_same_tokens_as_its_engine_in_batches(replic
     assert tokens_of([o for b in batches for o in b.outputs]) == tokens_of(direct)
     assert batches[-1].outputs[-1].finished
     stats = ReplicaStats.from_dict(r0.routing_stats())
-    assert stats is not None and stats.replica_id == "r0" and not stats.pending_keys
+    assert stats is not None and stats.replica_id == "r0" and not stats.pending
     classes = r0.slo_snapshot()["classes"]["classes"]
     assert classes["interactive"]["windows"]["1m"]["counts"]["num_success"] == 1
 

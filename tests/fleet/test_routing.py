@@ -56,7 +56,7 @@ def test_the_affine_replica_loses_once_its_queue_outweighs_the_prefill_it_saves(
     assert r.rank(route("next", tokens(1000, 1150)))[0].replica_id == "affine"
 
 
-def test_requests_a_replica_has_not_yet_seen_count_against_it_until_it_publishes_them():
+def test_stale_publications_are_corrected_both_ways():
     r = router(stats("a"), stats("b"))
     burst = [route(f"r{i}", tokens(0, 400, group=i + 10)) for i in range(6)]
     picked = Counter()
@@ -66,15 +66,21 @@ def test_requests_a_replica_has_not_yet_seen_count_against_it_until_it_publishes
         picked[order[0]] += 1
     assert picked == {"a": 3, "b": 3}
     a_keys = [k for k, f in r._in_flight.items() if f.replica_id == "a"]
-    before = r.rank(route("probe", tokens(0, 100, group=99)), ["a"])[0]
-    assert before.prediction.num_prefill_tokens_ahead == 3 * 400
-    # "a" publishes: it has seen two of them (now in its own queue figure) and not the third.
-    r.update_stats([stats("a", queued=800, pending=a_keys[:2]), stats("b")])
-    after = r.rank(route("probe", tokens(0, 100, group=99)), ["a"])[0]
-    assert after.prediction.num_prefill_tokens_ahead == 800 + 400
-    # Past its first token a request is no longer queued prefill anywhere.
-    r.on_first_token(a_keys[2], 0.3, 0)
-    assert r.rank(route("probe", tokens(0, 100, group=99)), ["a"])[0].prediction.num_prefill_tokens_ahead == 800
+
+    def queued_ahead() -> int:
+        return r.rank(route("probe", tokens(0, 100, group=99)), ["a"])[0].prediction.num_prefill_tokens_ahead
+
+    assert queued_ahead() == 3 * 400  # all three unseen
+    # "a" publishes: it holds two of them queued; the third had not arrived yet.
+    r.update_stats([stats("a", queued=800, pending={a_keys[0]: 400, a_keys[1]: 400}), stats("b")])
+    assert queued_ahead() == 800 + 400
+    r.on_first_token(a_keys[2], 0.3, 0)  # past its first token, the unseen one counts nowhere
+    assert queued_ahead() == 800
+    # The stale publication still lists the other two, which this router has since seen start or end.
+    r.on_first_token(a_keys[0], 0.3, 0)
+    assert queued_ahead() == 400
+    r.on_finished(a_keys[1])
+    assert queued_ahead() == 0
 
 
 def test_ties_are_broken_at_random():

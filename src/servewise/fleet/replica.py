@@ -52,7 +52,8 @@ class ReplicaServer:
         self.metrics = ServerMetrics(engine.model_info.name, lambda: engine.stats, self._samples)
         self.accepting = True
         self._keys = itertools.count()
-        self._pending: OrderedDict[str, None] = OrderedDict()  # route keys waiting for a first token
+        # route key -> (class priority, admission key) of requests waiting for a first token
+        self._pending: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._admitted_s: deque[float] = deque()
         self._shed_s: deque[float] = deque()
         self._prompt_tokens_ewma: float | None = None
@@ -77,7 +78,7 @@ class ReplicaServer:
             self.tracker.record(req.slo_class.name, Outcome.SHED)
             yield Shed(self.replica_id, exc.message, exc.retry_after_s, exc.reason)
             return
-        self._admitted(req, now)
+        self._admitted(req, key, now)
         outcome, timings, num_tokens = Outcome.SERVER_ERROR, None, 0
         try:
             yield Accepted(self.replica_id, predicted)
@@ -101,9 +102,9 @@ class ReplicaServer:
             ttft, tpot, e2e = request_latencies([timings] if timings else [], arrival_s, num_tokens)
             self.tracker.record(req.slo_class.name, outcome, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e)
 
-    def _admitted(self, req: ReplicaRequest, now: float) -> None:
+    def _admitted(self, req: ReplicaRequest, key: int, now: float) -> None:
         self._admitted_s.append(now)
-        self._pending[req.route.key] = None
+        self._pending[req.route.key] = (req.slo_class.priority, key)
         while len(self._pending) > self.settings.max_pending_keys:
             self._pending.popitem(last=False)
         n = float(len(req.prompt_token_ids))
@@ -174,12 +175,20 @@ class ReplicaServer:
             max_num_batched_tokens=self.scheduler_config.max_num_batched_tokens,
             max_num_seqs=self.scheduler_config.max_num_seqs,
             priority_order=self.admission.config.queue_order is QueueOrder.PRIORITY,
-            queued_prefill_tokens=self.admission.tokens_by_priority(), pending_keys=frozenset(self._pending),
+            queued_prefill_tokens=self.admission.tokens_by_priority(), pending=self._pending_tokens(),
             num_running=stats.num_running, num_waiting=stats.num_waiting, kv_cache_usage=stats.kv_cache_usage,
             num_kv_blocks=self.model_info.num_kv_blocks, block_size=self.model_info.block_size,
             recent_step_s=self.admission.recent_step_s(),
             accepting=self.accepting and self.backend.not_ready_reason(float("inf")) is None,
             published_s=time.time()).to_dict()
+
+    def _pending_tokens(self) -> dict[str, tuple[int, int]]:
+        pending = {}
+        for route_key, (priority, key) in self._pending.items():
+            tokens = self.admission.queued_tokens_of(key)
+            if tokens is not None:
+                pending[route_key] = (priority, tokens)
+        return pending
 
     def autoscaling_stats(self) -> dict[str, float]:
         """Raw signals for ``autoscaling.ReplicaPressure.from_metrics`` (each ratio 1.0 = at the limit)."""

@@ -10,17 +10,17 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from servewise.errors import OverloadedError
 from servewise.fleet.routing import (
+    Correction,
     PrefixMemory,
     ReplicaScore,
     RouteReason,
-    Unseen,
     rank,
     reason_for,
     retry_after_s,
@@ -39,6 +39,7 @@ class RouterConfig:
     tie_tolerance_s: float = 0.005  # predictions this close to the best are a tie (random pick)
     admission_mode: AdmissionMode = AdmissionMode.ENFORCE  # OBSERVE: predict and count, never shed
     error_window: int = 1024  # TTFT predictions kept for the error statistics
+    max_done_keys: int = 4096  # finished requests remembered, to discount them from stale publications
 
     def __post_init__(self) -> None:
         if self.max_prefix_blocks < 1 or self.tie_tolerance_s < 0 or self.error_window < 1:
@@ -70,6 +71,7 @@ class FleetRouter:
         self._lock = threading.Lock()
         self._replicas: dict[str, _Replica] = {}
         self._in_flight: dict[str, _InFlight] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()  # recently finished keys, oldest first
         self.num_routed: Counter[tuple[str, str]] = Counter()  # (replica, reason)
         self.num_shed = 0
         self.num_would_shed = 0
@@ -121,18 +123,26 @@ class FleetRouter:
             if replica is None or rid in route.exclude or not replica.stats.accepting:
                 continue
             num_blocks = replica.memory.num_leading(route.block_hashes)
-            scores.append(score(replica.stats, route, self._unseen(replica), num_blocks))
+            scores.append(score(replica.stats, route, self._correction(replica, route.priority), num_blocks))
         return rank(scores, self._rng, self.config.tie_tolerance_s)
 
-    def _unseen(self, replica: _Replica) -> Unseen:
-        pending = replica.stats.pending_keys
-        rid = replica.stats.replica_id
+    def _correction(self, replica: _Replica, priority: int | None = None) -> Correction:
+        """``priority``: only queued tokens a request of that priority waits behind (None: all)."""
+        stats = replica.stats
+        rid = stats.replica_id
         num, tokens = 0, 0
         for key, f in self._in_flight.items():
-            if f.replica_id == rid and not f.first_token_seen and key not in pending:
+            if f.replica_id == rid and not f.first_token_seen and key not in stats.pending:
                 num += 1
                 tokens += f.num_uncached_tokens
-        return Unseen(num, tokens)
+        done = 0
+        for key, (prio, queued) in stats.pending.items():
+            if priority is not None and stats.priority_order and prio > priority:
+                continue
+            seen = self._in_flight.get(key)
+            if key in self._done or (seen is not None and seen.first_token_seen):
+                done += queued
+        return Correction(num, tokens, done)
 
     def admit(self, route: RouteInfo, slo_class: SLOClass) -> ReplicaScore | None:
         """Fleet admission: the best replica's score, or OverloadedError (429) when even it would
@@ -170,7 +180,8 @@ class FleetRouter:
             replica = self._replicas.get(replica_id)
             predicted, uncached = None, route.num_prompt_tokens
             if replica is not None:
-                s = score(replica.stats, route, self._unseen(replica), replica.memory.num_leading(route.block_hashes))
+                s = score(replica.stats, route, self._correction(replica, route.priority),
+                          replica.memory.num_leading(route.block_hashes))
                 predicted, uncached = s.ttft_s, route.num_prompt_tokens - s.num_cached_tokens
                 replica.memory.add(route.block_hashes)
             self._in_flight[route.key] = _InFlight(replica_id, route.num_prompt_tokens, uncached, predicted)
@@ -197,13 +208,16 @@ class FleetRouter:
 
     def on_finished(self, key: str) -> None:
         with self._lock:
-            self._in_flight.pop(key, None)
+            if self._in_flight.pop(key, None) is not None:
+                self._done[key] = None
+                while len(self._done) > self.config.max_done_keys:
+                    self._done.popitem(last=False)
 
     # -- reporting ----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             now = self._clock()
-            replicas = {rid: {"stats_age_s": round(now - r.received_s, 3), "unseen": asdict(self._unseen(r)),
+            replicas = {rid: {"stats_age_s": round(now - r.received_s, 3), "correction": asdict(self._correction(r)),
                               "prefix_memory_blocks": len(r.memory), "accepting": r.stats.accepting}
                         for rid, r in self._replicas.items()}
             return {"mode": self.config.admission_mode.value, "replicas": replicas,
@@ -223,7 +237,7 @@ class FleetRouter:
             ratios = self._hit_ratios()
             now = self._clock()
             ages = {rid: now - r.received_s for rid, r in self._replicas.items()}
-            unseen = {rid: self._unseen(r).num_requests for rid, r in self._replicas.items()}
+            unseen = {rid: self._correction(r).num_unseen_requests for rid, r in self._replicas.items()}
             errors = self.errors.summary()
             shed = self.num_shed
         for (replica, reason), count in routed.items():

@@ -7,8 +7,9 @@ Score of replica r for a request of P prompt tokens, with the admission formula
   router has sent to r before (``PrefixMemory``, LRU, bounded by r's KV pool), at most
   ``(P - 1) // block`` blocks, as the engine always computes the last prompt token;
 - ``ahead_r``: prompt tokens r published as queued (classes at least as urgent under a
-  priority queue) + the uncached tokens of requests this router sent to r that r had not
-  yet seen when it published (``unseen``: the staleness correction);
+  priority queue), corrected for staleness both ways (``Correction``): + the uncached tokens
+  of requests this router sent to r that r had not yet seen when it published, - the tokens
+  r listed as queued for requests this router has since seen start or finish;
 - ``running_r``: r's running requests + the unseen ones;
 - ``ttft_r = predict_ttft(cost_r, budget_r, ahead_r, P - cached_r, running_r)``.
 
@@ -49,11 +50,12 @@ class RouteReason(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Unseen:
-    """Requests this router sent to a replica that it had not seen at its last publication."""
+class Correction:
+    """What a replica's last publication misses, as far as this router knows."""
 
-    num_requests: int = 0
-    num_uncached_tokens: int = 0
+    num_unseen_requests: int = 0  # sent to it after it published
+    num_unseen_tokens: int = 0  # their uncached prompt tokens
+    num_done_tokens: int = 0  # tokens it listed as queued for requests since past their first token
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,13 @@ class PrefixMemory:
         self.add(())
 
 
-def score(stats: ReplicaStats, route: RouteInfo, unseen: Unseen, num_cached_blocks: int) -> ReplicaScore:
+def score(stats: ReplicaStats, route: RouteInfo, correction: Correction, num_cached_blocks: int) -> ReplicaScore:
     """Predicted TTFT of ``route`` on this replica (module docstring)."""
     usable_blocks = min(num_cached_blocks, max(route.num_prompt_tokens - 1, 0) // stats.block_size)
     cached = usable_blocks * stats.block_size
-    ahead = stats.queued_tokens_ahead(route.priority) + unseen.num_uncached_tokens
-    prediction = predict_ttft(stats.cost, stats.max_num_batched_tokens, ahead, route.num_prompt_tokens - cached,
-                              stats.num_running + unseen.num_requests)
+    queued = max(stats.queued_tokens_ahead(route.priority) - correction.num_done_tokens, 0)
+    prediction = predict_ttft(stats.cost, stats.max_num_batched_tokens, queued + correction.num_unseen_tokens,
+                              route.num_prompt_tokens - cached, stats.num_running + correction.num_unseen_requests)
     return ReplicaScore(stats.replica_id, prediction, cached)
 
 

@@ -28,9 +28,10 @@ class ReplicaStats:
     # Prompt tokens admitted and not yet past their first token, by class priority (uncached
     # tokens only: the replica's own admission counted what its prefix cache lacked).
     queued_prefill_tokens: Mapping[int, int]
-    # Keys of requests it received that are still waiting for their first token: a router
-    # counts the requests it sent that are NOT here as unseen (the staleness correction).
-    pending_keys: frozenset[str]
+    # Requests it received that are still waiting for their first token: key -> (class priority,
+    # queued tokens). A router corrects the stale figure both ways: it adds the requests it sent
+    # that are not here yet, and subtracts those here that it has since seen start or finish.
+    pending: Mapping[str, tuple[int, int]]
     num_running: int  # requests in its running batch
     num_waiting: int  # requests in its waiting queue
     kv_cache_usage: float  # fraction of its KV blocks held by requests
@@ -54,7 +55,7 @@ class ReplicaStats:
             "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
             "priority_order": self.priority_order,
             "queued_prefill_tokens": {str(p): n for p, n in self.queued_prefill_tokens.items()},
-            "pending_keys": sorted(self.pending_keys), "num_running": self.num_running,
+            "pending": {k: list(v) for k, v in self.pending.items()}, "num_running": self.num_running,
             "num_waiting": self.num_waiting, "kv_cache_usage": self.kv_cache_usage,
             "num_kv_blocks": self.num_kv_blocks, "block_size": self.block_size,
             "recent_step_s": self.recent_step_s, "accepting": self.accepting, "published_s": self.published_s,
@@ -71,7 +72,8 @@ class ReplicaStats:
                    max_num_batched_tokens=int(data["max_num_batched_tokens"]),
                    max_num_seqs=int(data["max_num_seqs"]), priority_order=bool(data["priority_order"]),
                    queued_prefill_tokens={int(p): int(n) for p, n in data["queued_prefill_tokens"].items()},
-                   pending_keys=frozenset(data["pending_keys"]), num_running=int(data["num_running"]),
+                   pending={str(k): (int(p), int(n)) for k, (p, n) in data["pending"].items()},
+                   num_running=int(data["num_running"]),
                    num_waiting=int(data["num_waiting"]), kv_cache_usage=float(data["kv_cache_usage"]),
                    num_kv_blocks=int(data["num_kv_blocks"]), block_size=int(data["block_size"]),
                    recent_step_s=data["recent_step_s"], accepting=bool(data["accepting"]),

@@ -230,6 +230,11 @@ class AdmissionController:
             return self.num_queued_prefill_tokens
         return sum(n for p, n in self._tokens_by_priority.items() if p <= priority)
 
+    def queued_tokens_of(self, request_key: Hashable) -> int | None:
+        """Prompt tokens this request has queued for prefill; None once past its first token."""
+        p = self._pending.get(request_key)
+        return p.prompt_tokens if p is not None and p.waiting_for_first_token else None
+
     def tokens_by_priority(self) -> dict[int, int]:
         """Prompt tokens admitted and waiting for their first token, by class priority."""
         return dict(self._tokens_by_priority)
