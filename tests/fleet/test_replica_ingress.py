@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 import pytest
@@ -60,7 +60,7 @@ def fleet(replicas, router: FleetRouter, failing: dict[str, int] | None = None) 
     """An ingress whose `send` does what Ray's router does with ours: choose, mark routed, call."""
     failing = failing if failing is not None else {}
 
-    async def send(req: ReplicaRequest) -> AsyncIterator[ReplicaMessage]:
+    async def send(req: ReplicaRequest) -> AsyncGenerator[ReplicaMessage, None]:
         order, reason = router.choose(req.route, list(replicas))
         target = order[0]
         router.on_routed(req.route, target, reason)
@@ -85,7 +85,7 @@ def fleet(replicas, router: FleetRouter, failing: dict[str, int] | None = None) 
 
 async def collect(backend: FleetBackend, request_id: str, prompt, slo=CLASS):
     ctx = CallContext(arrival_s=time.monotonic(), slo_class=slo, admission_key=0)
-    return [out async for out in backend.stream(request_id, prompt, PARAMS, ctx)]
+    return [out async for out in await backend.open_stream(request_id, prompt, PARAMS, ctx)]
 
 
 def tokens_of(outputs) -> list[int]:
@@ -154,8 +154,8 @@ async def test_failover_before_any_output_and_a_cut_stream_after(replicas):
     dies_mid_stream = fleet({"r0": replicas["r0"]}, FleetRouter(), failing={"r0": 1})
     got = []
     with pytest.raises(ReplicaLostError) as err:
-        async for out in dies_mid_stream.stream("cut", list(range(1, 30)), PARAMS,
-                                                CallContext(time.monotonic(), CLASS, 0)):
+        async for out in await dies_mid_stream.open_stream("cut", list(range(1, 30)), PARAMS,
+                                                           CallContext(time.monotonic(), CLASS, 0)):
             got.append(out)
     assert got and "r0" in err.value.message and dies_mid_stream.num_cut_streams == 1
 
@@ -168,7 +168,7 @@ async def test_leaving_a_stream_early_aborts_the_replicas_request_and_frees_its_
     llm = replicas["r0"].engine.engine
     free_before = llm.kv_cache.num_free_blocks
     params = SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True)
-    stream = backend.stream("long", list(range(1, 60)), params, CallContext(time.monotonic(), CLASS, 0))
+    stream = await backend.open_stream("long", list(range(1, 60)), params, CallContext(time.monotonic(), CLASS, 0))
     async for _ in stream:
         break
     await stream.aclose()

@@ -8,15 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-
-from tests.factories import embedded_gguf_path
 
 
 def free_port() -> int:
@@ -99,15 +95,6 @@ def stop_server(server: LiveServer) -> None:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
-
-
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    embedded_gguf_path()  # skips cleanly if the embedded model is not installed
-    server = start_server(tmp_path_factory.mktemp("live"), "--max-num-seqs", "32", "--kv-cache-memory", "512MiB",
-                          "--max-body-bytes", "64KiB")
-    yield server
-    stop_server(server)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

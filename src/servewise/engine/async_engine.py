@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from servewise.engine.llm_engine import LLMEngine, ModelInfo
@@ -76,7 +76,7 @@ class AsyncEngine:
     # ---- requests -------------------------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
                        priority: int = 0, deadline_s: float | None = None,
-                       arrival_s: float | None = None) -> AsyncIterator[RequestOutput]:
+                       arrival_s: float | None = None) -> AsyncGenerator[RequestOutput, None]:
         """Stream the request's outputs; leaving the iterator early aborts the request.
 
         Validation errors (InvalidRequestError, ContextLengthError) raise before the first output.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from servewise.server.backend import CallContext, ReplicaReport
 from servewise.slo import MetricSample, SLOClass
 from servewise.types import FinishReason, RequestOutput, SamplingParams
 
-SendFn = Callable[[ReplicaRequest], AsyncIterator[ReplicaMessage]]
+SendFn = Callable[[ReplicaRequest], AsyncGenerator[ReplicaMessage, None]]
 
 
 class ReplicaFailure(Exception):
@@ -117,69 +117,20 @@ class FleetBackend:
         pass
 
     # -- serving ------------------------------------------------------------------------------
-    async def stream(self, request_id: str, prompt: Sequence[int], params: SamplingParams,
-                     ctx: CallContext) -> AsyncIterator[RequestOutput]:
-        exclude: set[str] = set()
-        sheds = failures = 0
-        started = False
+    async def open_stream(self, request_id: str, prompt: Sequence[int], params: SamplingParams,
+                          ctx: CallContext) -> AsyncGenerator[RequestOutput, None]:
+        call = _FleetCall(self, request_id, prompt, params, ctx)
         self.num_in_flight += 1
         try:
-            while True:
-                route = self.route_info(request_id, prompt, ctx.slo_class, frozenset(exclude))
-                req = ReplicaRequest(request_id, tuple(prompt), params, ctx.slo_class, route,
-                                     age_s=time.monotonic() - ctx.arrival_s)
-                replica: str | None = None
-                try:
-                    async for item in self._attempt(req, ctx):
-                        if isinstance(item, Accepted):
-                            replica = item.replica_id
-                            continue
-                        if isinstance(item, Shed):
-                            exclude.add(item.replica_id)
-                            if sheds >= self.settings.max_shed_retries:
-                                raise OverloadedError(item.message, retry_after_s=item.retry_after_s,
-                                                      reason=item.reason)
-                            sheds += 1
-                            self.num_shed_retries += 1
-                            break
-                        started = True
-                        yield item
-                    else:
-                        return
-                except ReplicaFailure as exc:
-                    lost = exc.replica_id or replica
-                    if started or failures >= self.settings.max_failovers:
-                        self.num_cut_streams += started
-                        raise ReplicaLostError(f"engine replica {lost or '?'} failed: {exc}",
-                                               retry_after_s=1) from None
-                    failures += 1
-                    self.num_failovers += 1
-                    if lost is not None:
-                        exclude.add(lost)
-                        self.router.remove_replica(lost)
-        finally:
-            self.num_in_flight -= 1
-            self.router.on_finished(request_id)
+            await call.accept()
+        except BaseException:
+            await call.close()
+            raise
+        return call.outputs()
 
-    async def _attempt(self, req: ReplicaRequest, ctx: CallContext) -> AsyncIterator[Accepted | Shed | RequestOutput]:
-        """One replica's answer: its Accepted/Shed, then outputs mapped onto this process's clock."""
-        offset: float | None = None
-        first_token = False
-        async for msg in self._send(req):
-            if not isinstance(msg, OutputBatch):
-                yield msg
-                continue
-            if offset is None:
-                offset = time.monotonic() - msg.sent_s
-            shifted: set[int] = set()  # outputs of one request share one timings object
-            for out in msg.outputs:
-                _shift(out, offset, shifted)
-                if not first_token and any(c.token_ids for c in out.outputs):
-                    first_token = True
-                    first = out.timings.first_token_s
-                    ttft = (first if first is not None else time.monotonic()) - ctx.arrival_s
-                    self.router.on_first_token(req.route.key, ttft, out.num_cached_tokens)
-                yield out
+    def _on_closed(self, call: _FleetCall) -> None:
+        self.num_in_flight -= 1
+        self.router.on_finished(call.request_id)
 
     def abort_all(self, reason: FinishReason) -> None:
         pass  # the server's drain cancels its streams; cancelling a stream cancels the replica's request
@@ -201,6 +152,110 @@ class FleetBackend:
 
     async def replica_reports(self) -> list[ReplicaReport]:
         return await self._reports()
+
+
+class _FleetCall:
+    """One engine request through the fleet: sent until a replica accepts it, then streamed,
+    moved to another replica when one fails before any output went out."""
+
+    def __init__(self, fleet: FleetBackend, request_id: str, prompt: Sequence[int], params: SamplingParams,
+                 ctx: CallContext) -> None:
+        self.fleet = fleet
+        self.request_id = request_id
+        self.prompt = tuple(prompt)
+        self.params = params
+        self.ctx = ctx
+        self.exclude: set[str] = set()
+        self.replica: str | None = None
+        self.num_sheds = 0
+        self.num_failures = 0
+        self.started = False  # an output went out: the request can no longer move
+        self.first_token = False
+        self._messages: AsyncGenerator[ReplicaMessage, None] | None = None
+        self._closed = False
+
+    async def accept(self) -> None:
+        """Send until a replica accepts; OverloadedError after a shed retry, ReplicaLostError after
+        ``max_failovers`` failures."""
+        settings = self.fleet.settings
+        while True:
+            await self._close_messages()
+            route = self.fleet.route_info(self.request_id, self.prompt, self.ctx.slo_class, frozenset(self.exclude))
+            req = ReplicaRequest(self.request_id, self.prompt, self.params, self.ctx.slo_class, route,
+                                 age_s=time.monotonic() - self.ctx.arrival_s)
+            self._messages = self.fleet._send(req)
+            try:
+                first = await anext(self._messages)
+            except ReplicaFailure as exc:
+                self._failed(exc)
+                continue
+            except StopAsyncIteration:
+                raise ReplicaLostError("an engine replica ended the request without answering",
+                                       retry_after_s=1) from None
+            if isinstance(first, Accepted):
+                self.replica = first.replica_id
+                return
+            if isinstance(first, Shed):
+                self.exclude.add(first.replica_id)
+                if self.num_sheds >= settings.max_shed_retries:
+                    raise OverloadedError(first.message, retry_after_s=first.retry_after_s, reason=first.reason)
+                self.num_sheds += 1
+                self.fleet.num_shed_retries += 1
+                continue
+            raise ReplicaLostError("an engine replica answered out of protocol", retry_after_s=1)
+
+    def _failed(self, exc: ReplicaFailure) -> None:
+        """Raises ReplicaLostError once the request has started or used its failovers; else
+        rules the failed replica out for it."""
+        lost = exc.replica_id or self.replica or self.fleet.router.replica_of(self.request_id)
+        if self.started or self.num_failures >= self.fleet.settings.max_failovers:
+            self.fleet.num_cut_streams += self.started
+            raise ReplicaLostError(f"engine replica {lost or '?'} failed: {exc}", retry_after_s=1) from None
+        self.num_failures += 1
+        self.fleet.num_failovers += 1
+        if lost is not None:
+            self.exclude.add(lost)
+            self.fleet.router.remove_replica(lost)
+
+    async def outputs(self) -> AsyncGenerator[RequestOutput, None]:
+        try:
+            while self._messages is not None:
+                try:
+                    async for msg in self._messages:
+                        if isinstance(msg, OutputBatch):
+                            for out in self._received(msg):
+                                self.started = True
+                                yield out
+                    return
+                except ReplicaFailure as exc:
+                    self._failed(exc)
+                    await self.accept()
+        finally:
+            await self.close()
+
+    def _received(self, msg: OutputBatch) -> list[RequestOutput]:
+        """Outputs in this process's clock; the first token is scored by the router."""
+        offset = time.monotonic() - msg.sent_s  # carries the message's transit time too
+        shifted: set[int] = set()  # outputs of one request share one timings object
+        for out in msg.outputs:
+            _shift(out, offset, shifted)
+            if not self.first_token and any(c.token_ids for c in out.outputs):
+                self.first_token = True
+                first = out.timings.first_token_s
+                ttft = (first if first is not None else time.monotonic()) - self.ctx.arrival_s
+                self.fleet.router.on_first_token(self.request_id, ttft, out.num_cached_tokens)
+        return msg.outputs
+
+    async def _close_messages(self) -> None:
+        if self._messages is not None:
+            await self._messages.aclose()  # cancels the replica's request if it still runs
+            self._messages = None
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._close_messages()
+            self.fleet._on_closed(self)
 
 
 def _shift(out: RequestOutput, offset_s: float, shifted: set[int]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from types import FrameType
 from typing import Any
@@ -23,29 +24,38 @@ logger = logging.getLogger("servewise.fleet")
 def _ray_init_kwargs(config: FleetConfig) -> dict[str, Any]:
     if config.ray_address:
         return {"address": config.ray_address}
+    # "local": always a new cluster, never one some other process started on this machine.
     # A local cluster: enough logical CPUs for the most replicas autoscaling may ask for (Ray
     # would leave the rest pending); more than the machine has shares cores, which is said.
     needed = config.max_replicas * config.num_cpus_per_replica
     cores = os.cpu_count() or 1
     if needed > cores:
         logger.warning("%g replica CPUs requested on %d cores: replicas will share cores", needed, cores)
-    return {"num_cpus": max(cores, int(needed + 0.999)), "include_dashboard": False}
+    return {"address": "local", "num_cpus": max(cores, int(needed + 0.999)), "include_dashboard": False}
 
 
 def run_fleet(config: FleetConfig) -> int:
     import ray
     from ray import serve
 
+    from servewise.errors import ModelLoadError
     from servewise.fleet.ray_app import build_app
+    from servewise.loading import load_tokenizer
 
+    try:  # a path or file that cannot work fails here, in a second, not after Ray's retries
+        load_tokenizer(config.engine.model)
+    except ModelLoadError as exc:
+        print(f"servewise serve: error: model failed to load: {exc}", file=sys.stderr, flush=True)
+        return 1
     started = time.monotonic()
+    signals = _SignalLatch()  # from here on: a signal during start-up stops the fleet once it is up
     ray.init(**_ray_init_kwargs(config))
     try:
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
         ingress = serve.run(build_app(config), name=config.app_name, route_prefix="/")
     except Exception as exc:  # a replica that cannot load its model ends here, after Ray's retries
         print(f"servewise serve: error: the fleet failed to start: {str(exc).strip().splitlines()[0]}",
-              flush=True)
+              file=sys.stderr, flush=True)
         _stop()
         return 1
     scaling = (f"autoscaling {config.scaling.min_replicas}..{config.scaling.max_replicas}"
@@ -53,7 +63,6 @@ def run_fleet(config: FleetConfig) -> int:
     logger.info("ServeWise %s fleet listening on http://%s:%d (OpenAI API under /v1): %d engine replicas (%s), "
                 "router %s, ready in %.0f s", __version__, config.server.host, config.server.port,
                 config.num_replicas, scaling, config.router, time.monotonic() - started)
-    signals = _SignalLatch()
     try:
         signals.wait_first()
         logger.info("draining: new requests get 503, in-flight requests get up to %g s", config.slo.drain_timeout_s)

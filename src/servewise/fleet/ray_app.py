@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from ray import serve
@@ -121,7 +121,7 @@ class IngressDeployment:
         info = self.engine_handle.model_info.remote().result(timeout_s=1800)  # waits for a replica to load
         return FleetBackend(tokenizer, info, router, self._send, self._reports)
 
-    async def _send(self, req: ReplicaRequest) -> AsyncIterator[ReplicaMessage]:
+    async def _send(self, req: ReplicaRequest) -> AsyncGenerator[ReplicaMessage, None]:
         with _own_request_context():
             stream: DeploymentResponseGenerator[Any] = self.engine_handle.options(stream=True).generate.remote(req)  # type: ignore[assignment]
         finished = False
@@ -200,7 +200,7 @@ def _engine_options(config: FleetConfig) -> dict[str, Any]:
     if config.num_gpus_per_replica:
         actor["num_gpus"] = config.num_gpus_per_replica
     options: dict[str, Any] = {
-        "name": ENGINE, "ray_actor_options": actor,
+        "name": ENGINE, "ray_actor_options": actor, "max_constructor_retry_count": 3,
         # Our admission decides who waits; Ray must not queue or refuse on a count of requests.
         "max_ongoing_requests": 4 * config.engine.scheduler.max_num_seqs + 256,
         "graceful_shutdown_timeout_s": config.slo.drain_timeout_s,

@@ -13,7 +13,7 @@ from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router i
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RunningReplica
 
 from servewise.fleet.messages import ReplicaCall
-from servewise.fleet.ray_router import _FeedsFleetRouter, _payload
+from servewise.fleet.ray_router import _back_off_when_refused, _FeedsFleetRouter, _payload
 from servewise.fleet.routing import RouteReason
 
 
@@ -33,6 +33,7 @@ class PrefixAffinityRouter(_FeedsFleetRouter, PrefixCacheAffinityRouter):
             pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         req = _payload(pending_request)
         if isinstance(req, ReplicaCall) and candidate_replicas:
+            _back_off_when_refused(pending_request)
             return self._targeted(candidate_replicas, req)
         ranks: list[list[RunningReplica]] = await super().choose_replicas(  # type: ignore[assignment]
             candidate_replicas, pending_request)

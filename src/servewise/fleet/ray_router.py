@@ -20,6 +20,7 @@ replica, and never returns an empty ranking: Ray would back off and retry foreve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +32,18 @@ from servewise.fleet.router_core import FleetRouter, fleet_router
 from servewise.fleet.routing import RouteReason
 from servewise.fleet.stats import ReplicaStats
 
+logger = logging.getLogger("servewise.fleet")
+
 
 def _payload(pending: PendingRequest | None) -> Any:
     return pending.args[0] if pending is not None and pending.args else None
+
+
+def _back_off_when_refused(pending: PendingRequest | None) -> None:
+    """Without it, Ray calls choose_replicas again at once when every replica it returned refuses
+    (they are full), spinning the router loop every handle in this process shares."""
+    if pending is not None:
+        pending.routing_context.should_backoff = True
 
 
 class _FeedsFleetRouter:
@@ -79,13 +89,18 @@ class SLORouter(_FeedsFleetRouter, RequestRouter):
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        _back_off_when_refused(pending_request)
         req = _payload(pending_request)
         if isinstance(req, ReplicaCall):
             return self._targeted(candidate_replicas, req)
         if not isinstance(req, ReplicaRequest):
             return [candidate_replicas]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        order, reason = self.fleet.choose(req.route, list(by_id))
+        try:
+            order, reason = self.fleet.choose(req.route, list(by_id))
+        except Exception:  # an exception here would hang the request silently: rank at random instead
+            logger.exception("routing failed; sending %s to any replica", req.request_id)
+            return [candidate_replicas]
         self._remember(pending_request, reason)
         return [[by_id[rid]] for rid in order]
 
@@ -113,6 +128,7 @@ class PowerOfTwoRouter(_FeedsFleetRouter, PowerOfTwoChoicesRequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         req = _payload(pending_request)
         if isinstance(req, ReplicaCall) and candidate_replicas:
+            _back_off_when_refused(pending_request)
             return self._targeted(candidate_replicas, req)
         return await super().choose_replicas(candidate_replicas, pending_request)
 

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from servewise.server.backend import CallContext, LocalBackend, ReplicaReport
 from servewise.server.metrics import ServerMetrics
 from servewise.server.slo_runtime import SLOSettings, request_latencies
 from servewise.slo import AdmissionController, MetricSample, Outcome, QueueOrder, SLOTracker
-from servewise.types import FinishReason, RequestOutput
+from servewise.types import FinishReason, RequestOutput, RequestTimings
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,15 @@ class ReplicaSettings:
     max_pending_keys: int = 512  # most recent keys published as "seen, waiting for a first token"
     rate_window_s: float = 10.0  # window of the admitted/shed rates given to the autoscaler
     burn_window: str = "1m"  # tracker window of the burn rate given to the autoscaler
+
+
+@dataclass
+class _Served:
+    """What one request got so far (its attainment is recorded from it at the end)."""
+
+    outcome: Outcome = Outcome.SERVER_ERROR  # until its last output says otherwise
+    timings: RequestTimings | None = None
+    num_tokens: int = 0
 
 
 class ReplicaServer:
@@ -79,28 +88,34 @@ class ReplicaServer:
             yield Shed(self.replica_id, exc.message, exc.retry_after_s, exc.reason)
             return
         self._admitted(req, key, now)
-        outcome, timings, num_tokens = Outcome.SERVER_ERROR, None, 0
+        served = _Served()
         try:
             yield Accepted(self.replica_id, predicted)
             ctx = CallContext(arrival_s=arrival_s, slo_class=req.slo_class, admission_key=key)
-            async for batch in self._batched(self.backend.stream(req.request_id, req.prompt_token_ids, req.params,
-                                                                 ctx)):
-                for out in batch:
-                    timings, num_tokens = out.timings, num_tokens + sum(len(c.token_ids) for c in out.outputs)
-                    if req.route.key in self._pending and any(c.token_ids for c in out.outputs):
-                        self._first_token(req.route.key, key, out)
-                    if out.finished:
-                        self._count_finish(out)
-                        outcome = Outcome.SERVER_ERROR if out.error else Outcome.SUCCESS
-                yield OutputBatch(batch, time.monotonic())
+            stream = await self.backend.open_stream(req.request_id, req.prompt_token_ids, req.params, ctx)
+            async with contextlib.aclosing(stream), contextlib.aclosing(self._batched(stream)) as batches:
+                async for batch in batches:
+                    for out in batch:
+                        self._account(req, key, out, served)
+                    yield OutputBatch(batch, time.monotonic())
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = Outcome.CLIENT_ERROR  # the ingress cancelled it: its client went away
+            served.outcome = Outcome.CLIENT_ERROR  # the ingress cancelled it: its client went away
             raise
         finally:
             self._pending.pop(req.route.key, None)
             self.backend.on_finished(key)
-            ttft, tpot, e2e = request_latencies([timings] if timings else [], arrival_s, num_tokens)
-            self.tracker.record(req.slo_class.name, outcome, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e)
+            ttft, tpot, e2e = request_latencies([served.timings] if served.timings else [], arrival_s,
+                                                served.num_tokens)
+            self.tracker.record(req.slo_class.name, served.outcome, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e)
+
+    def _account(self, req: ReplicaRequest, key: int, out: RequestOutput, served: _Served) -> None:
+        served.timings = out.timings
+        served.num_tokens += sum(len(c.token_ids) for c in out.outputs)
+        if req.route.key in self._pending and any(c.token_ids for c in out.outputs):
+            self._first_token(req.route.key, key, out)
+        if out.finished:
+            self._count_finish(out)
+            served.outcome = Outcome.SERVER_ERROR if out.error else Outcome.SUCCESS
 
     def _admitted(self, req: ReplicaRequest, key: int, now: float) -> None:
         self._admitted_s.append(now)
@@ -122,7 +137,7 @@ class ReplicaServer:
             if c.finish_reason is not None:
                 self.metrics.count_success(c.finish_reason.value)
 
-    async def _batched(self, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[list[RequestOutput]]:
+    async def _batched(self, outputs: AsyncIterator[RequestOutput]) -> AsyncGenerator[list[RequestOutput], None]:
         """Engine outputs grouped so one message carries up to ``flush_interval_s`` of them; the first
         token and the end go out at once."""
         queue: asyncio.Queue[RequestOutput | BaseException | None] = asyncio.Queue()

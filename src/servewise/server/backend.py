@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,9 +74,10 @@ class Backend(Protocol):
     def on_finished(self, key: int) -> None:
         """The request ended, however (call exactly once, in a finally)."""
 
-    def stream(self, request_id: str, prompt: Sequence[int], params: SamplingParams,
-               ctx: CallContext) -> AsyncIterator[RequestOutput]:
-        """The request's outputs; leaving the iterator early aborts it."""
+    async def open_stream(self, request_id: str, prompt: Sequence[int], params: SamplingParams,
+                          ctx: CallContext) -> AsyncGenerator[RequestOutput, None]:
+        """The request's outputs, once it is accepted (OverloadedError / ServiceUnavailableError
+        before that); leaving the generator early aborts it."""
 
     def abort_all(self, reason: FinishReason) -> None: ...
 
@@ -138,8 +139,8 @@ class LocalBackend:
     def on_finished(self, key: int) -> None:
         self.admission.on_finished(key)
 
-    def stream(self, request_id: str, prompt: Sequence[int], params: SamplingParams,
-               ctx: CallContext) -> AsyncIterator[RequestOutput]:
+    async def open_stream(self, request_id: str, prompt: Sequence[int], params: SamplingParams,
+                          ctx: CallContext) -> AsyncGenerator[RequestOutput, None]:
         ttft_s = ctx.slo_class.ttft_s
         return self.engine.generate(request_id, prompt, params, priority=ctx.slo_class.priority,
                                     deadline_s=ctx.arrival_s + ttft_s if ttft_s is not None else None,

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from servewise.errors import OverloadedError
 from servewise.server.backend import Backend, CallContext
 from servewise.server.generation import Generation, full_response, stream_response
 from servewise.server.request_log import log_finished
@@ -47,10 +48,12 @@ async def run_generation(request: Request, state: ServerState, valid: ValidGener
                                backend.model_info.max_model_len)
     ticket = state.slo.admit(tenant, slo_class, reserved,
                              lambda key: backend.admit(key, valid.prompts, slo_class))
+    gen = _generation(backend, ticket, valid, request_id(request), arrival_s)
     try:
-        gen = _generation(backend, ticket, valid, request_id(request), arrival_s)
-    except BaseException:
+        await gen.start()
+    except BaseException as exc:  # refused downstream (a fleet replica shed it) or failed before any byte
         backend.on_finished(ticket.key)
+        state.slo.abandon(ticket, Outcome.SHED if isinstance(exc, OverloadedError) else Outcome.SERVER_ERROR)
         raise
     formatter = state.formatter if valid.want_logprobs else None
     created = int(time.time())
@@ -65,6 +68,7 @@ async def run_generation(request: Request, state: ServerState, valid: ValidGener
                 status = "disconnected"
                 raise
             finally:
+                await gen.aclose()
                 _finished(state, backend, gen, endpoint, status, ticket)
 
         return StreamingResponse(body(), media_type="text/event-stream",
@@ -75,6 +79,7 @@ async def run_generation(request: Request, state: ServerState, valid: ValidGener
         result = await _until_disconnect(request, task)
         status = "ok" if result is not None else "disconnected"
     finally:
+        await gen.aclose()
         _finished(state, backend, gen, endpoint, status, ticket)
     if result is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
@@ -90,7 +95,7 @@ def _generation(backend: Backend, ticket: Ticket, valid: ValidGeneration, rid: s
             ticket.first_token_seen = True
             backend.on_first_token(ticket.key, ttft_s)
 
-    return Generation(lambda engine_id, prompt: backend.stream(engine_id, prompt, valid.params, ctx), valid, rid,
+    return Generation(lambda engine_id, prompt: backend.open_stream(engine_id, prompt, valid.params, ctx), valid, rid,
                       arrival_s, [f"{internal}-{i}" for i in range(len(valid.prompts))],
                       decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=False),
                       on_first_token=first_token)

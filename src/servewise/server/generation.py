@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from servewise.engine.results import GenerationResult, ResultBuilder
@@ -24,8 +24,9 @@ from servewise.server.validation import ValidGeneration
 from servewise.types import FinishReason, RequestOutput
 
 DONE = sse("[DONE]")
-# Opens one engine request's output stream: (engine request id, prompt token ids) -> outputs.
-OpenStream = Callable[[str, tuple[int, ...]], AsyncIterator[RequestOutput]]
+# Opens one engine request's output stream: (engine request id, prompt token ids) -> its outputs,
+# once the request is accepted (a fleet replica's admission answers before any byte is sent).
+OpenStream = Callable[[str, tuple[int, ...]], Awaitable[AsyncGenerator[RequestOutput, None]]]
 
 
 class Generation:
@@ -42,6 +43,7 @@ class Generation:
         self.decode = decode  # token ids -> text (echo of a token-id prompt)
         self.on_first_token = on_first_token  # called once with the TTFT in seconds
         self.first_token_s: float | None = None  # monotonic time the first token reached the server
+        self._streams: list[AsyncGenerator[RequestOutput, None]] = []
         n = valid.params.n
         self.builders = [ResultBuilder(rid, n) for rid in engine_ids]
         self.choices = [ChoiceState(i) for i in range(len(valid.prompts) * n)]
@@ -63,6 +65,22 @@ class Generation:
     def engine_finish_reasons(self) -> list[str]:
         """Per choice, the engine's own reason (stop, length, abort, error, drain): metrics and logs."""
         return [c.finish_reason.value if c.finish_reason else "abort" for c in self.choices]
+
+    async def start(self) -> None:
+        """Open every prompt's stream; a refusal downstream (429, 503) raises here, before any byte."""
+        opened = await asyncio.gather(*(self.open_stream(eid, p) for eid, p in zip(self.engine_ids, self.valid.prompts,
+                                                                                   strict=True)),
+                                      return_exceptions=True)
+        self._streams = [s for s in opened if not isinstance(s, BaseException)]
+        failed = [s for s in opened if isinstance(s, BaseException)]
+        if failed:
+            await self.aclose()
+            raise failed[0]
+
+    async def aclose(self) -> None:
+        """Leave every stream (aborting what is still running); idempotent."""
+        for stream in self._streams:
+            await stream.aclose()
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(prompt index, output) as they come; several prompts are interleaved."""
@@ -97,7 +115,7 @@ class Generation:
                 t.cancel()
 
     async def _one(self, i: int) -> AsyncIterator[RequestOutput]:
-        async for out in self.open_stream(self.engine_ids[i], self.valid.prompts[i]):
+        async for out in self._streams[i]:
             self.builders[i].add(out)
             if self.first_token_s is None and any(c.token_ids for c in out.outputs):
                 self.first_token_s = time.monotonic()

@@ -123,6 +123,12 @@ class SLORuntime:
             raise
         return Ticket(key, tenant, slo_class, lease, predicted_ttft_s)
 
+    def abandon(self, ticket: Ticket, outcome: Outcome) -> None:
+        """The request was refused after admission here (a fleet replica shed it) or failed before
+        it started: nothing was used; the outcome counts for attainment."""
+        self.limiter.release(ticket.lease, used_tokens=0)
+        self.tracker.record(ticket.slo_class.name, outcome)
+
     def finish(self, ticket: Ticket, outcome: Outcome, timings: list[RequestTimings], arrival_s: float,
                usage: RequestUsage) -> None:
         """The request ended (call exactly once, in a finally): attainment, usage, limits."""
