@@ -14,11 +14,20 @@ def load_on(n: int, demand: float) -> float:
     return demand / n
 
 
-def simulate(demand_by_tick, current=1, config=CONFIG):
-    state, counts = ScalingState(), []
+def simulate(demand_by_tick, current=1, config=CONFIG, start_ticks=0):
+    """One decision per tick; a new replica serves ``start_ticks`` after it was asked for."""
+    state, counts, running, starting = ScalingState(), [], current, []
     for tick, demand in enumerate(demand_by_tick):
-        pressures = [ReplicaPressure(ttft=load_on(current, demand))] * current
-        d = decide(config, current, pressures, state, float(tick))
+        running += sum(1 for t in starting if t == tick)
+        pressures = [ReplicaPressure(ttft=load_on(running, demand))] * running
+        d = decide(config, current, running, pressures, state, float(tick))
+        if d.num_replicas > current:
+            starting += [tick + start_ticks] * (d.num_replicas - current)
+            if start_ticks == 0:
+                running += d.num_replicas - current
+                starting = [t for t in starting if t != tick]
+        elif d.num_replicas < current:
+            running -= current - d.num_replicas
         current, state = d.num_replicas, d.state
         counts.append(current)
     return counts
@@ -46,10 +55,15 @@ def test_steady_load_in_the_band_never_oscillates():
         assert len(set(settled)) == 1, (demand, sorted(set(settled)))
 
 
+def test_a_replica_still_starting_is_neither_cancelled_nor_doubled():
+    counts = simulate([2.1] * 40, start_ticks=10)  # replicas take 10 ticks to load their model
+    assert counts == [1, 1, 1] + [3] * 37
+
+
 def test_bounds_are_respected():
     assert simulate([50.0] * 20)[-1] == CONFIG.max_replicas
-    assert decide(CONFIG, 7, [], ScalingState(), 0.0).num_replicas == CONFIG.max_replicas
-    assert decide(CONFIG, 2, [ReplicaPressure()] * 2, ScalingState(down_since_s=-1000), 0.0).num_replicas == 1
+    assert decide(CONFIG, 7, 7, [], ScalingState(), 0.0).num_replicas == CONFIG.max_replicas
+    assert decide(CONFIG, 2, 2, [ReplicaPressure()] * 2, ScalingState(down_since_s=-1000), 0.0).num_replicas == 1
 
 
 def test_shed_demand_counts_as_load():

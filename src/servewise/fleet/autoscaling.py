@@ -116,29 +116,31 @@ def fleet_load(pressures: Sequence[ReplicaPressure]) -> float:
     return load
 
 
-def decide(config: ScalingConfig, current: int, pressures: Sequence[ReplicaPressure], state: ScalingState,
-           now_s: float) -> ScalingDecision:
-    """The replica count to ask for now (module docstring)."""
-    n = max(current, 1)
-    load = fleet_load(pressures)
-    needed = math.ceil(n * load / config.target_load - 1e-9) if load > 0 else config.min_replicas
-    bounded = min(max(needed, config.min_replicas), config.max_replicas)
-    if current < config.min_replicas or current > config.max_replicas:
-        return ScalingDecision(min(max(current, config.min_replicas), config.max_replicas), ScalingState(), load,
+def decide(config: ScalingConfig, target: int, running: int, pressures: Sequence[ReplicaPressure],
+           state: ScalingState, now_s: float) -> ScalingDecision:
+    """The replica count to ask for now (module docstring). ``target``: the count asked for last;
+    ``running``: replicas serving (and publishing ``pressures``); fewer while new ones start."""
+    bounded_target = min(max(target, config.min_replicas), config.max_replicas)
+    if bounded_target != target:
+        return ScalingDecision(bounded_target, ScalingState(), 0.0,
                                f"out of bounds [{config.min_replicas}, {config.max_replicas}]")
-    if load > config.upscale_load and current < config.max_replicas:
+    if running < target:  # a scale-up is still starting: its load signal would count twice
+        return ScalingDecision(target, state, fleet_load(pressures), f"waiting for {target - running} to start")
+    n = max(running, 1)
+    load = fleet_load(pressures)
+    if load > config.upscale_load and target < config.max_replicas:
         since = state.up_since_s if state.up_since_s is not None else now_s
-        if now_s - since >= config.upscale_delay_s:
-            target = min(max(current + 1, bounded), config.max_replicas)
-            return ScalingDecision(target, ScalingState(), load,
-                                   f"load {load:.2f} > {config.upscale_load:g} for {now_s - since:.0f} s: "
-                                   f"{current} -> {target} replicas")
-        return ScalingDecision(current, ScalingState(up_since_s=since), load, f"load {load:.2f}: up in a moment")
-    if current > config.min_replicas and load * current / (current - 1) < config.target_load:
+        if now_s - since < config.upscale_delay_s:
+            return ScalingDecision(target, ScalingState(up_since_s=since), load, f"load {load:.2f}: up in a moment")
+        needed = math.ceil(n * load / config.target_load - 1e-9)
+        new = min(max(target + 1, needed), config.max_replicas)
+        return ScalingDecision(new, ScalingState(), load, f"load {load:.2f} > {config.upscale_load:g} for "
+                                                          f"{now_s - since:.0f} s: {target} -> {new} replicas")
+    if target > config.min_replicas and load * n / (n - 1 if n > 1 else 1) < config.target_load:
         since = state.down_since_s if state.down_since_s is not None else now_s
-        if now_s - since >= config.downscale_delay_s:
-            return ScalingDecision(current - 1, ScalingState(), load,
-                                   f"load {load:.2f} would be {load * current / (current - 1):.2f} < "
-                                   f"{config.target_load:g} on {current - 1}: {current} -> {current - 1} replicas")
-        return ScalingDecision(current, ScalingState(down_since_s=since), load, f"load {load:.2f}: down later")
-    return ScalingDecision(current, ScalingState(), load, f"load {load:.2f}: steady")
+        if now_s - since < config.downscale_delay_s:
+            return ScalingDecision(target, ScalingState(down_since_s=since), load, f"load {load:.2f}: down later")
+        return ScalingDecision(target - 1, ScalingState(), load,
+                               f"load {load:.2f} would be {load * n / max(n - 1, 1):.2f} < {config.target_load:g} "
+                               f"on {target - 1}: {target} -> {target - 1} replicas")
+    return ScalingDecision(target, ScalingState(), load, f"load {load:.2f}: steady")

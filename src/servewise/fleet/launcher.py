@@ -50,6 +50,7 @@ def run_fleet(config: FleetConfig) -> int:
     started = time.monotonic()
     signals = _SignalLatch()  # from here on: a signal during start-up stops the fleet once it is up
     ray.init(**_ray_init_kwargs(config))
+    signals.install()  # again: ray.init put its own fatal-signal handler in place (it aborts on SIGTERM)
     try:
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
         ingress = serve.run(build_app(config), name=config.app_name, route_prefix="/")
@@ -96,6 +97,9 @@ class _SignalLatch:
 
     def __init__(self) -> None:
         self.count = 0
+        self.install()
+
+    def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 

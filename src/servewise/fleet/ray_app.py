@@ -95,9 +95,11 @@ class EngineDeployment:
 
     async def __del__(self) -> None:
         # Ray stopped routing here and waited for in-flight requests (graceful_shutdown_timeout_s).
-        self.server.drain()
-        self.server.abort_all()
-        self.server.engine.shutdown()
+        server = getattr(self, "server", None)  # None: stopped while still loading its model
+        if server is not None:
+            server.drain()
+            server.abort_all()
+            server.engine.shutdown()
 
 
 class IngressDeployment:
@@ -186,8 +188,8 @@ class SLOAutoscalingPolicy:
                                                    if rid in values}, self.config) for rid in replicas]
         state = ScalingState.from_dict(ctx.policy_state or {})
         now = ctx.current_time if ctx.current_time is not None else 0.0
-        decision = decide(self.config, ctx.current_num_replicas, pressures, state, now)
-        if decision.num_replicas != ctx.current_num_replicas:
+        decision = decide(self.config, ctx.target_num_replicas, ctx.current_num_replicas, pressures, state, now)
+        if decision.num_replicas != ctx.target_num_replicas:
             logger.info("autoscaling: %s", decision.reason)
         return decision.num_replicas, {**(ctx.policy_state or {}), **dataclasses.asdict(decision.state)}
 
