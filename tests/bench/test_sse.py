@@ -36,10 +36,17 @@ def test_stream_state_times_only_non_empty_content_and_reads_usage():
     state.take(_chat_chunk(finish="stop"), 0.08)
     state.take(_chat_chunk(usage={"prompt_tokens": 5, "completion_tokens": 3}), 0.08)
     assert state.token_times_s == [0.05, 0.07]
-    assert (state.prompt_tokens, state.completion_tokens) == (5, 3)
+    assert (state.prompt_tokens, state.completion_tokens) == (5, 3) and state.cached_tokens is None
     assert state.completed and not state.saw_done
     state.take(SseEvent(None, b"[DONE]"), 0.09)
     assert state.saw_done and state.last_event_s == 0.09 and state.error is None
+
+
+def test_stream_state_reads_cached_prompt_tokens_when_the_server_reports_them():
+    state = StreamState()
+    state.take(_chat_chunk(usage={"prompt_tokens": 1040, "completion_tokens": 3,
+                                  "prompt_tokens_details": {"cached_tokens": 1008}}), 0.1)
+    assert state.cached_tokens == 1008
 
 
 def test_completions_text_chunks_count_as_tokens():

@@ -211,3 +211,4 @@ def _apply_counts(record: RequestRecord, state: StreamState) -> None:
         record.num_output_tokens = len(state.token_times_s)
     if state.prompt_tokens is not None:
         record.num_input_tokens = int(state.prompt_tokens)
+    record.num_cached_tokens = state.cached_tokens

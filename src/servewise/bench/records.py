@@ -58,6 +58,7 @@ class RequestRecord:
     token_times_s: list[float] = field(default_factory=list)
     num_input_tokens: int | None = None  # usage.prompt_tokens, else the workload's own count
     num_output_tokens: int = 0  # usage.completion_tokens, else the number of content chunks
+    num_cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens (prefix-cache hits)
     usage_reported: bool = False  # token counts come from the server's usage chunk
     retry_after: str | None = None  # Retry-After header of a non-200 answer, verbatim
     error: str | None = None  # short description of any outcome but OK
@@ -106,6 +107,7 @@ class RequestRecord:
             "token_times_s": [round(t, _TIME_DIGITS) for t in self.token_times_s],
             "num_input_tokens": self.num_input_tokens,
             "num_output_tokens": self.num_output_tokens,
+            "num_cached_tokens": self.num_cached_tokens,
             "usage_reported": self.usage_reported,
             "retry_after": self.retry_after,
             "error": self.error,

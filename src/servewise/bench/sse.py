@@ -87,6 +87,7 @@ class StreamState:
     saw_finish_reason: bool = False  # a choice carried a finish_reason
     prompt_tokens: int | None = None  # from the usage chunk, if the server sent one
     completion_tokens: int | None = None  # from the usage chunk, if the server sent one
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, if the server sent it
     error: str | None = None  # first error event or error body inside the stream
 
     @property
@@ -119,6 +120,9 @@ class StreamState:
         if isinstance(usage, dict):
             self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                self.cached_tokens = details["cached_tokens"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             text = choice.get("text") or delta.get("content") or delta.get("reasoning_content")
