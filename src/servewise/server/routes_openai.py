@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from servewise.errors import ModelNotFoundError, PayloadTooLargeError
+from servewise.engine.async_engine import AsyncEngine
+from servewise.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError
 from servewise.server.generation import Generation, full_response, stream_response
 from servewise.server.protocol import ChatCompletionRequest, CompletionRequest
 from servewise.server.request_log import log_finished
@@ -78,6 +79,8 @@ async def _generate(request: Request, state: ServerState, valid: ValidGeneration
     engine = state.require_engine()
     for prompt in valid.prompts:  # 400 before anything is queued, limited or streamed
         engine.engine.validate_prompt(prompt, valid.params)
+    if valid.params.grammar is not None:
+        await _compile_grammar(state, engine, valid)
     tenant = request_tenant(request)
     slo_class = state.slo.classify(tenant, valid.priority or request.headers.get("x-slo-class"))
     lengths = [len(p) for p in valid.prompts]
@@ -120,6 +123,18 @@ async def _generate(request: Request, state: ServerState, valid: ValidGeneration
     if result is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     return JSONResponse(result, headers=headers)
+
+
+async def _compile_grammar(state: ServerState, engine: AsyncEngine, valid: ValidGeneration) -> None:
+    """Compile the output constraint now (in the compile pool, cached), so a bad or too complex one is a 400."""
+    assert valid.params.grammar is not None
+    try:
+        result = await engine.compile_grammar(valid.params.grammar)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(exc.message, param=valid.grammar_param, code=exc.code) from None
+    if state.metrics is not None:
+        kind = "tools" if valid.tools is not None else valid.params.grammar.kind.value
+        state.metrics.observe_grammar(kind, result.compiled.compile_s, result.cache_hit)
 
 
 async def _until_disconnect(request: Request, task: asyncio.Task[dict[str, Any]]) -> dict[str, Any] | None:
