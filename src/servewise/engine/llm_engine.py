@@ -28,7 +28,7 @@ from servewise.engine.request import Request
 from servewise.engine.sampler import Sampler, SamplerOutput
 from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput, Scheduler
 from servewise.engine.stats import EngineStats, StepRecord
-from servewise.engine.structured import CompiledGrammar, GrammarCompiler, GrammarState, tokenizer_info
+from servewise.engine.structured import CompiledGrammar, GrammarCompiler, GrammarState
 from servewise.errors import ContextLengthError, InvalidRequestError
 from servewise.layers.fused_decoder import install_fused_decoder
 from servewise.layers.linear import apply_linear_backend
@@ -120,8 +120,7 @@ class LLMEngine:
         self.sampler = Sampler()
         self.vocab_size = arch.vocab_size
         self.eos_token_ids = frozenset(ckpt.tokenizer.eos_token_ids) | frozenset(arch.eos_token_ids)
-        self.grammars = GrammarCompiler(tokenizer_info(ckpt.tokenizer, arch.vocab_size, self.eos_token_ids),
-                                        config.structured)
+        self.grammars = GrammarCompiler(ckpt.tokenizer, arch.vocab_size, self.eos_token_ids, config.structured)
         self.model_info = ModelInfo(name=config.served_model_name or ckpt.model_name, path=ckpt.path,
                                     max_model_len=self.max_model_len, vocab_size=arch.vocab_size,
                                     num_kv_blocks=num_blocks, block_size=block_size)

@@ -26,12 +26,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import xgrammar as xgr
 
 from servewise.config import StructuredOutputConfig
+from servewise.engine import llguidance_backend
+from servewise.engine.schema_support import needs_llguidance, unenforceable_keywords
 from servewise.errors import InvalidRequestError
 from servewise.types import GrammarKind, GrammarSpec
 
@@ -66,8 +68,19 @@ class CompiledGrammar:
     """A compiled spec, ready to make matchers from."""
 
     spec: GrammarSpec
-    grammar: xgr.CompiledGrammar
+    grammar: xgr.CompiledGrammar | str  # xgrammar's, or an llguidance grammar (engine/schema_support.py)
     compile_s: float  # how long compiling took (the first time)
+    vocab_size: int  # width of the logits it masks
+    ll_tokenizer: Any = None  # the llguidance tokenizer, for llguidance grammars
+
+    @property
+    def backend(self) -> str:
+        return "llguidance" if isinstance(self.grammar, str) else "xgrammar"
+
+    def new_matcher(self, stop_token_ids: list[int]) -> Any:
+        if isinstance(self.grammar, str):
+            return llguidance_backend.LLGuidanceMatcher(self.ll_tokenizer, self.grammar)
+        return xgr.GrammarMatcher(self.grammar, override_stop_tokens=stop_token_ids)
 
 
 @dataclass(frozen=True)
@@ -84,9 +97,15 @@ def _clean_error(exc: BaseException) -> str:
 class GrammarCompiler:
     """Compiles specs in a thread pool, caches the results (LRU), bounds how long a caller waits."""
 
-    def __init__(self, info: xgr.TokenizerInfo, config: StructuredOutputConfig) -> None:
+    def __init__(self, tokenizer: TokenBytes, vocab_size: int, stop_token_ids: Iterable[int],
+                 config: StructuredOutputConfig) -> None:
         self.config = config
+        self.vocab_size = vocab_size
+        self._tokenizer = tokenizer
+        self._stop_ids = sorted(set(stop_token_ids))
+        info = tokenizer_info(tokenizer, vocab_size, self._stop_ids)
         self._xgr = xgr.GrammarCompiler(info, max_threads=config.compile_threads, cache_enabled=False)
+        self._ll_tokenizer: Any = None  # built on the first schema that needs llguidance
         self._pool = concurrent.futures.ThreadPoolExecutor(config.compile_threads, thread_name_prefix="grammar")
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str], concurrent.futures.Future[CompiledGrammar]] = OrderedDict()
@@ -133,14 +152,33 @@ class GrammarCompiler:
 
     def _compile(self, spec: GrammarSpec) -> CompiledGrammar:
         start = time.perf_counter()
+        grammar: xgr.CompiledGrammar | str
         try:
-            grammar = self._compile_xgr(spec)
+            if spec.kind is GrammarKind.JSON_SCHEMA and self._use_llguidance(spec.source):
+                grammar = llguidance_backend.compile_json_schema(self._llguidance(), spec.source)
+            else:
+                grammar = self._compile_xgr(spec)
         except InvalidRequestError:
             raise
         except Exception as exc:  # xgrammar reports bad schemas, patterns and grammars as RuntimeError
             raise InvalidRequestError(f"invalid {spec.kind.value.replace('_', ' ')}: {_clean_error(exc)}",
                                       param="response_format") from None
-        return CompiledGrammar(spec, grammar, time.perf_counter() - start)
+        return CompiledGrammar(spec, grammar, time.perf_counter() - start, self.vocab_size,
+                               self._ll_tokenizer if isinstance(grammar, str) else None)
+
+    def _use_llguidance(self, source: str) -> bool:
+        schema = json.loads(source)
+        refused = unenforceable_keywords(schema)
+        if refused:
+            raise InvalidRequestError(f"the JSON schema uses {', '.join(refused)}, which structured outputs cannot "
+                                      "enforce; remove it", param="response_format", code="unsupported_schema")
+        return needs_llguidance(schema)
+
+    def _llguidance(self) -> Any:
+        with self._lock:
+            if self._ll_tokenizer is None:
+                self._ll_tokenizer = llguidance_backend.ll_tokenizer(self._tokenizer, self.vocab_size, self._stop_ids)
+            return self._ll_tokenizer
 
     def _compile_xgr(self, spec: GrammarSpec) -> xgr.CompiledGrammar:
         kind, source = spec.kind, spec.source
@@ -181,8 +219,8 @@ class GrammarState:
     def __init__(self, compiled: CompiledGrammar, stop_token_ids: Iterable[int]) -> None:
         self.compiled = compiled
         self._stop_ids = sorted(set(stop_token_ids))
-        self.matcher = xgr.GrammarMatcher(compiled.grammar, override_stop_tokens=self._stop_ids)
-        self.vocab_size: int = compiled.grammar.tokenizer_info.vocab_size
+        self.matcher = compiled.new_matcher(self._stop_ids)
+        self.vocab_size = compiled.vocab_size
         self.num_accepted_tokens = 0
 
     def accept(self, token_id: int) -> bool:
