@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,19 +33,10 @@ from servewise.engine.llm_engine import LLMEngine  # noqa: E402
 from servewise.engine.structured import GrammarCompiler  # noqa: E402
 from servewise.loading import embedded_model_path  # noqa: E402
 from servewise.types import GrammarKind, GrammarSpec, SamplingParams  # noqa: E402
+from throughput import machine  # noqa: E402  (beside this script)
 
 LONG_STRING = {"type": "object", "properties": {"text": {"type": "string", "minLength": 2000, "maxLength": 3000}},
                "required": ["text"], "additionalProperties": False}
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def spec(schema: dict) -> GrammarSpec:

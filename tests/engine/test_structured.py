@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from servewise.config import StructuredOutputConfig
-from servewise.engine.results import ResultBuilder
 from servewise.engine.sampler import Sampler
 from servewise.engine.structured import GrammarCompiler, GrammarState, choice_ebnf, unpack_bitmask
 from servewise.errors import InvalidRequestError
 from servewise.types import FinishReason, GrammarKind, GrammarSpec, SamplingParams
 from tests.engine.conftest import make_engine
-from tests.engine.utils import create_request
+from tests.engine.utils import create_request, prompt, run
 
 SCHEMA = {"type": "object", "properties": {
     "word": {"type": "string", "minLength": 3, "maxLength": 12, "pattern": "^[a-z]+$"},
@@ -33,21 +32,6 @@ def spec(kind: GrammarKind, value: object) -> GrammarSpec:
 @pytest.fixture(scope="module")
 def engine(tiny_dirs):
     return make_engine(tiny_dirs["llama"], backend="auto")
-
-
-def run(engine, requests):
-    builders = {}
-    for rid, (prompt, params) in requests.items():
-        engine.add_request(rid, prompt, params)
-        builders[rid] = ResultBuilder(rid, params.n)
-    while engine.has_unfinished_requests:
-        for out in engine.step():
-            builders[out.request_id].add(out)
-    return {rid: b.result for rid, b in builders.items()}
-
-
-def prompt(engine, text="give me some json"):
-    return engine.tokenizer.encode(text)
 
 
 def test_json_schema_output_validates_greedy_and_sampled_with_n(engine):

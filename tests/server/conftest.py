@@ -110,6 +110,20 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     stop_server(server)
 
 
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer) -> Any:
+    """The official OpenAI SDK, unmodified, on the live server."""
+    import openai
+
+    return openai.OpenAI(base_url=live_server.v1, api_key="unused", max_retries=0, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def model(client: Any) -> str:
+    name: str = client.models.list().data[0].id
+    return name
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text exposition (0 if absent)."""
     total = 0.0

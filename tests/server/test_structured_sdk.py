@@ -11,7 +11,6 @@ import threading
 
 import httpx
 import jsonschema
-import openai
 import pytest
 from pydantic import BaseModel, Field
 
@@ -36,16 +35,6 @@ class City(BaseModel):
     name: str = Field(max_length=24)
     country: str = Field(max_length=24)
     population: int = Field(ge=0, le=50_000_000)
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    return openai.OpenAI(base_url=live_server.v1, api_key="unused", max_retries=0, timeout=180)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
 
 
 def test_parse_with_a_pydantic_model(client, model):
