@@ -23,6 +23,6 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     """A live `servewise serve` on the embedded model, started once per test session."""
     embedded_gguf_path()  # skips cleanly if the embedded model is not installed
     server = start_server(tmp_path_factory.mktemp("live"), "--max-num-seqs", "32", "--kv-cache-memory", "512MiB",
-                          "--max-body-bytes", "64KiB")
+                          "--max-body-bytes", "64KiB", "--max-grammar-bytes", "8KiB")
     yield server
     stop_server(server)

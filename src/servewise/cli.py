@@ -23,6 +23,7 @@ from servewise.config import (
     EngineConfig,
     SchedulerConfig,
     ServerConfig,
+    StructuredOutputConfig,
 )
 from servewise.errors import ModelLoadError
 
@@ -71,6 +72,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=None, help="context cap (default: the model's)")
     g.add_argument("--queue-policy", default="fcfs", choices=["fcfs", "priority"])
     g.add_argument("--seed", type=int, default=0, help="seed for requests that give none")
+    g.add_argument("--grammar-compile-timeout", type=float, default=10.0,
+                   help="seconds a structured-output schema or grammar may take to compile (else 400)")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -82,7 +85,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len, queue_policy=args.queue_policy),
         device=DeviceConfig(device=args.device, linear_backend=args.linear_backend,
-                            num_threads=args.threads or os.cpu_count() or 1, enforce_eager=args.enforce_eager))
+                            num_threads=args.threads or os.cpu_count() or 1, enforce_eager=args.enforce_eager),
+        structured=StructuredOutputConfig(compile_timeout_s=args.grammar_compile_timeout))
 
 
 def add_slo_args(p: argparse.ArgumentParser) -> None:
@@ -199,7 +203,7 @@ def fleet_config_from_argv(argv: Sequence[str]) -> FleetConfig:
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
-                        log_requests=not args.no_request_log)
+                        log_requests=not args.no_request_log, max_grammar_bytes=args.max_grammar_bytes)
 
 
 def _setup_process(level: str) -> None:
@@ -321,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("SERVEWISE_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("SERVEWISE_PORT", "8000")))
     serve.add_argument("--max-body-bytes", type=parse_size, default=parse_size("4MiB"))
+    serve.add_argument("--max-grammar-bytes", type=parse_size, default=parse_size("64KiB"),
+                       help="largest JSON schema, regex, grammar or tool set a request may send")
     serve.add_argument("--no-request-log", action="store_true", help="no JSON line per finished request")
     serve.set_defaults(func=cmd_serve)
 

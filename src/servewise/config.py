@@ -126,12 +126,27 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class StructuredOutputConfig:
+    """Grammar compilation for structured outputs and tool calls (engine/structured.py)."""
+
+    compile_timeout_s: float = 10.0  # a request whose grammar takes longer gets a 400
+    cache_size: int = 256  # compiled grammars kept, least recently used evicted
+    compile_threads: int = 2  # compiles running at once (never on the engine loop thread)
+
+    def __post_init__(self) -> None:
+        _require(self.compile_timeout_s > 0, "compile_timeout_s must be positive")
+        _require(self.cache_size >= 1, "cache_size must be ≥ 1")
+        _require(self.compile_threads >= 1, "compile_threads must be ≥ 1")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: str | None = None  # GGUF file or HF directory; None = the embedded SmolLM2 default
     served_model_name: str | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)
     seed: int = 0  # seed of requests that give none
 
 
@@ -146,8 +161,10 @@ class ServerConfig:
     max_prompts: int = 64  # prompts per completions request
     log_requests: bool = True  # one JSON line per finished request
     timeout_keep_alive_s: int = 30
+    max_grammar_bytes: int = 64 * 1024  # a JSON schema, regex, grammar or tool set larger than this gets 400
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "port must be in [0, 65535]")
         _require(self.max_body_bytes >= 1024, "max_body_bytes must be ≥ 1024")
         _require(self.max_messages >= 1 and self.max_prompts >= 1, "max_messages and max_prompts must be ≥ 1")
+        _require(self.max_grammar_bytes >= 1, "max_grammar_bytes must be ≥ 1")

@@ -21,6 +21,7 @@ MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_SEED = 2**63 - 1
+MAX_GRAMMAR_SOURCE_CHARS = 1024 * 1024  # the edge enforces a smaller, configurable limit
 
 
 def _check(cond: bool, message: str, param: str) -> None:
@@ -30,6 +31,34 @@ def _check(cond: bool, message: str, param: str) -> None:
 
 def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class GrammarKind(str, enum.Enum):
+    """What a GrammarSpec's source text is."""
+
+    JSON_SCHEMA = "json_schema"  # a JSON schema (JSON text)
+    JSON_OBJECT = "json_object"  # any JSON object; the source is empty
+    REGEX = "regex"
+    CHOICE = "choice"  # one of several strings; the source is a JSON list of them
+    EBNF = "ebnf"  # a GBNF/EBNF grammar whose start rule is `root`
+    STRUCTURAL_TAG = "structural_tag"  # an xgrammar structural tag (JSON text); tool calls use it
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A constraint on the output, as parsed at the edge. Equal specs share one compiled grammar."""
+
+    kind: GrammarKind
+    source: str  # canonical text: compact JSON for schemas, choices and tags; the pattern or grammar as given
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.kind, GrammarKind), "unknown grammar kind", "response_format")
+        _check(isinstance(self.source, str) and len(self.source) <= MAX_GRAMMAR_SOURCE_CHARS,
+               f"a grammar or schema may hold at most {MAX_GRAMMAR_SOURCE_CHARS} characters", "response_format")
+
+    @property
+    def cache_key(self) -> tuple[str, str]:
+        return self.kind.value, self.source
 
 
 @dataclass(frozen=True)
@@ -55,6 +84,8 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Constrain the output to a grammar (structured outputs, tool calls); None = free text.
+    grammar: GrammarSpec | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.n, int) and 1 <= self.n <= MAX_N, f"n must be an integer in [1, {MAX_N}]", "n")
@@ -92,6 +123,10 @@ class SamplingParams:
                "stop_token_ids")
         for t in self.stop_token_ids:
             _check(isinstance(t, int) and t >= 0, "stop_token_ids must be token ids ≥ 0", "stop_token_ids")
+        if self.grammar is not None:
+            # The grammar decides when eos is allowed: suppressing or ignoring it could leave no token to pick.
+            _check(not self.ignore_eos, "ignore_eos cannot be combined with structured outputs", "ignore_eos")
+            _check(self.min_tokens == 0, "min_tokens cannot be combined with structured outputs", "min_tokens")
 
     @staticmethod
     def bias_from_mapping(bias: Mapping[int, float] | None) -> tuple[tuple[int, float], ...]:

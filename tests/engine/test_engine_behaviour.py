@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from servewise.engine.results import ResultBuilder
 from servewise.types import FinishReason, SamplingParams
 from tests.engine.conftest import make_engine
+from tests.engine.utils import prompt, run
 
 
 @pytest.fixture()
 def engine(tiny_dirs):
     return make_engine(tiny_dirs["llama"], backend="auto")
-
-
-def run(engine, requests: dict[str, tuple[list[int], SamplingParams]]):
-    builders = {}
-    for rid, (prompt, params) in requests.items():
-        engine.add_request(rid, prompt, params)
-        builders[rid] = ResultBuilder(rid, params.n)
-    while engine.has_unfinished_requests:
-        for out in engine.step():
-            builders[out.request_id].add(out)
-    return {rid: b.result for rid, b in builders.items()}
-
-
-def prompt(engine, text="hello world, this is a test"):
-    return engine.tokenizer.encode(text)
 
 
 def test_stop_string_ends_the_text_before_it(engine):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 import torch
 
 from servewise.config import SchedulerConfig
 from servewise.engine.kv_cache_manager import KVCacheManager
 from servewise.engine.request import Request
+from servewise.engine.results import ResultBuilder
 from servewise.engine.scheduler import ScheduleOutput, Scheduler
 from servewise.types import RequestTimings, SamplingParams
 
@@ -45,3 +47,18 @@ def complete_step(scheduler: Scheduler, out: ScheduleOutput, next_token: int = 7
         scheduler.kv_cache.cache_full_blocks(r)
         if samples:
             r.append_token(next_token)
+
+
+def run(engine: Any, requests: dict[str, tuple[list[int], SamplingParams]]):
+    builders = {}
+    for rid, (prompt, params) in requests.items():
+        engine.add_request(rid, prompt, params)
+        builders[rid] = ResultBuilder(rid, params.n)
+    while engine.has_unfinished_requests:
+        for out in engine.step():
+            builders[out.request_id].add(out)
+    return {rid: b.result for rid, b in builders.items()}
+
+
+def prompt(engine: Any, text="hello world, this is a test"):
+    return engine.tokenizer.encode(text)

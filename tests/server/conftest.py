@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 
 def free_port() -> int:
@@ -95,6 +96,20 @@ def stop_server(server: LiveServer) -> None:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer) -> Any:
+    """The official OpenAI SDK, unmodified, on the live server."""
+    import openai
+
+    return openai.OpenAI(base_url=live_server.v1, api_key="unused", max_retries=0, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def model(client: Any) -> str:
+    name: str = client.models.list().data[0].id
+    return name
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import openai
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    return openai.OpenAI(base_url=live_server.v1, api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
 
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from servewise.engine.llm_engine import LLMEngine, ModelInfo
 from servewise.engine.stats import EngineStats
+from servewise.engine.structured import CompiledGrammar, CompileResult
 from servewise.errors import EngineError, ServiceUnavailableError
-from servewise.types import FinishReason, RequestOutput, SamplingParams
+from servewise.types import FinishReason, GrammarSpec, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class _Add:
     arrival_s: float
     priority: int
     deadline_s: float | None
+    grammar: CompiledGrammar | None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ class AsyncEngine:
             self._thread.join(timeout_s)
 
     # ---- requests -------------------------------------------------------------------------
+    async def compile_grammar(self, spec: GrammarSpec) -> CompileResult:
+        """Compile (or find cached) in the compiler's pool, off the engine loop and the event loop.
+        InvalidRequestError if the spec does not compile or takes longer than the configured timeout."""
+        return await self.engine.grammars.compile_async(spec)
+
     async def generate(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
                        priority: int = 0, deadline_s: float | None = None,
                        arrival_s: float | None = None) -> AsyncGenerator[RequestOutput, None]:
@@ -86,13 +93,14 @@ class AsyncEngine:
         self.engine.validate_prompt(prompt_token_ids, params)
         if request_id in self._streams:
             raise EngineError(f"duplicate request id {request_id!r}")
+        grammar = (await self.compile_grammar(params.grammar)).compiled if params.grammar is not None else None
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._streams[request_id] = stream
         if self.num_in_flight == 0:
             self.work_since_s = time.monotonic()
         self.num_in_flight += 1
         self._send(_Add(request_id, list(prompt_token_ids), params,
-                        arrival_s if arrival_s is not None else time.monotonic(), priority, deadline_s))
+                        arrival_s if arrival_s is not None else time.monotonic(), priority, deadline_s, grammar))
         finished = False
         try:
             while not finished:
@@ -152,7 +160,7 @@ class AsyncEngine:
             try:
                 self.engine.add_request(msg.request_id, msg.prompt_token_ids, msg.params,
                                         arrival_s=msg.arrival_s, priority=msg.priority,
-                                        deadline_s=msg.deadline_s)
+                                        deadline_s=msg.deadline_s, grammar=msg.grammar)
             except Exception as exc:  # validated already; anything here fails just this request
                 self._deliver_error(exc, msg.request_id)
 

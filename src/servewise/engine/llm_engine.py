@@ -28,6 +28,7 @@ from servewise.engine.request import Request
 from servewise.engine.sampler import Sampler, SamplerOutput
 from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput, Scheduler
 from servewise.engine.stats import EngineStats, StepRecord
+from servewise.engine.structured import CompiledGrammar, GrammarCompiler, GrammarState
 from servewise.errors import ContextLengthError, InvalidRequestError
 from servewise.layers.fused_decoder import install_fused_decoder
 from servewise.layers.linear import apply_linear_backend
@@ -137,6 +138,7 @@ class LLMEngine:
         self.sampler = Sampler()
         self.vocab_size = arch.vocab_size
         self.eos_token_ids = frozenset(ckpt.tokenizer.eos_token_ids) | frozenset(arch.eos_token_ids)
+        self.grammars = GrammarCompiler(ckpt.tokenizer, arch.vocab_size, self.eos_token_ids, config.structured)
         self.model_info = ModelInfo(name=config.served_model_name or ckpt.model_name, path=ckpt.path,
                                     max_model_len=self.max_model_len, vocab_size=arch.vocab_size,
                                     num_kv_blocks=num_blocks, block_size=block_size)
@@ -155,10 +157,15 @@ class LLMEngine:
         check_prompt(self.model_info, prompt_token_ids, params)
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
-                    arrival_s: float | None = None, priority: int = 0, deadline_s: float | None = None) -> None:
+                    arrival_s: float | None = None, priority: int = 0, deadline_s: float | None = None,
+                    grammar: CompiledGrammar | None = None) -> None:
+        """grammar: ``params.grammar`` compiled already (AsyncEngine compiles off this thread); when
+        missing, it is compiled here, blocking (offline use)."""
         if request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", param="request_id")
         self.validate_prompt(prompt_token_ids, params)
+        if params.grammar is not None and (grammar is None or grammar.spec != params.grammar):
+            grammar = self.grammars.compile(params.grammar).compiled
         timings = RequestTimings(arrival_s=arrival_s if arrival_s is not None else time.monotonic())
         children = []
         for index in range(params.n):
@@ -168,7 +175,8 @@ class LLMEngine:
                 request_id=request_id if params.n == 1 else f"{request_id}#{index}", group_id=request_id,
                 index=index, prompt_token_ids=list(prompt_token_ids), params=params, timings=timings,
                 eos_token_ids=self.eos_token_ids, max_total_tokens=self.max_model_len, generator=generator,
-                priority=priority, deadline_s=deadline_s))
+                priority=priority, deadline_s=deadline_s,
+                grammar=GrammarState(grammar, self.eos_token_ids) if params.grammar and grammar else None))
         group = RequestGroup(request_id, children, [StopAwareDetokenizer(self.tokenizer, params)
                                                     for _ in children], pending_times=[[] for _ in children])
         self._groups[request_id] = group
@@ -270,6 +278,10 @@ class LLMEngine:
             if id(r) not in sampled:
                 continue
             token_id, logprob = sampled[id(r)]
+            if r.grammar is not None and not r.grammar.accept(token_id):
+                logger.error("request %s: sampled token %d is outside its grammar", r.request_id, token_id)
+                self._fail_group(r.group_id, FinishReason.ERROR, "the output left its grammar")
+                continue
             r.append_token(token_id)
             if logprob is not None:
                 r.new_logprobs.append(logprob)

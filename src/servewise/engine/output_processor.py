@@ -45,6 +45,8 @@ def _stop_reason(request: Request, detokenizer: StopAwareDetokenizer, token_id: 
     if stop_str is not None and may_stop:
         request.stop_reason = stop_str
         return FinishReason.STOP
+    if request.grammar is not None and request.grammar.must_stop():
+        return FinishReason.STOP  # the grammar is complete: only eos could follow
     if p.max_tokens is not None and request.num_output_tokens >= p.max_tokens:
         return FinishReason.LENGTH
     if request.num_tokens >= request.max_total_tokens:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from servewise.types import FinishReason, RequestTimings, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from servewise.engine.structured import GrammarState
 
 
 class RequestStatus(enum.Enum):
@@ -31,6 +35,8 @@ class Request:
     generator: torch.Generator  # per-sequence RNG: same seed -> same samples whatever the batch
     priority: int = 0  # lower runs first under priority policies; FCFS ignores it
     deadline_s: float | None = None  # monotonic time its first token is due (SLO), if any
+    # The sequence's own grammar matcher when params.grammar is set; it has accepted exactly the output tokens.
+    grammar: GrammarState | None = None
     # token ids of prompt + output so far; the first num_prompt_tokens are the prompt
     token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache

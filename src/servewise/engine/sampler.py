@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from servewise.engine.request import Request
+from servewise.engine.structured import GrammarMasker
 from servewise.types import TokenLogprob
 
 
@@ -75,9 +76,14 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
+    def __init__(self) -> None:
+        self._masker: GrammarMasker | None = None  # made when the first constrained row shows up
+
     def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
         # logits: [B, V] fp32 raw model output, row i belongs to requests[i]
         processed = apply_logits_processors(logits, requests)
+        if any(r.grammar is not None for r in requests):
+            processed = self._mask_grammars(logits, processed, requests)
         tokens = torch.empty(len(requests), dtype=torch.long)
         greedy = [i for i, r in enumerate(requests) if r.params.greedy]
         if greedy:
@@ -88,6 +94,15 @@ class Sampler:
             self._sample_random(processed, requests, random_rows, tokens)
         token_list = tokens.tolist()
         return SamplerOutput(token_list, self._logprobs(logits, requests, token_list))
+
+    def _mask_grammars(self, logits: torch.Tensor, processed: torch.Tensor, requests: Sequence[Request]
+                       ) -> torch.Tensor:
+        """Constrained rows keep only the tokens their grammar allows (logprobs still see the raw logits)."""
+        if processed is logits and any(r.params.logprobs is not None for r in requests):
+            processed = logits.clone()
+        if self._masker is None or self._masker.vocab_size != logits.shape[-1]:
+            self._masker = GrammarMasker(logits.shape[-1])
+        return self._masker.apply(processed, requests)
 
     @staticmethod
     def _sample_random(processed: torch.Tensor, requests: Sequence[Request], row_ids: list[int],

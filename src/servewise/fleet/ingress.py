@@ -25,9 +25,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Seque
 from dataclasses import dataclass
 from typing import Any
 
+from servewise.config import StructuredOutputConfig
 from servewise.engine.kv_cache_manager import chain_hashes
 from servewise.engine.llm_engine import ModelInfo, check_prompt
 from servewise.engine.stats import EngineStats
+from servewise.engine.structured import CompileResult, GrammarCompiler
 from servewise.errors import OverloadedError, ReplicaLostError
 from servewise.fleet.messages import Accepted, OutputBatch, ReplicaMessage, ReplicaRequest, Shed
 from servewise.fleet.router_core import FleetRouter
@@ -35,7 +37,7 @@ from servewise.fleet.stats import RouteInfo
 from servewise.loading.tokenizer import Tokenizer
 from servewise.server.backend import CallContext, ReplicaReport
 from servewise.slo import MetricSample, SLOClass
-from servewise.types import FinishReason, RequestOutput, SamplingParams
+from servewise.types import FinishReason, GrammarSpec, RequestOutput, SamplingParams
 
 SendFn = Callable[[ReplicaRequest], AsyncGenerator[ReplicaMessage, None]]
 
@@ -57,9 +59,12 @@ class IngressSettings:
 class FleetBackend:
     def __init__(self, tokenizer: Tokenizer, model_info: ModelInfo, router: FleetRouter, send: SendFn,
                  reports: Callable[[], Awaitable[list[ReplicaReport]]],
-                 settings: IngressSettings | None = None) -> None:
+                 settings: IngressSettings | None = None,
+                 structured: StructuredOutputConfig | None = None) -> None:
         self.tokenizer = tokenizer
         self.model_info = model_info
+        self._structured = structured or StructuredOutputConfig()
+        self._grammars: GrammarCompiler | None = None  # built on the first constrained request
         self.router = router
         self.settings = settings or IngressSettings()
         self._send = send
@@ -102,6 +107,14 @@ class FleetBackend:
         return RouteInfo(key=key, num_prompt_tokens=len(prompt),
                          block_hashes=tuple(chain_hashes(prompt, block, 0, num_blocks)),
                          priority=slo_class.priority, exclude=exclude)
+
+    async def compile_grammar(self, spec: GrammarSpec) -> CompileResult:
+        """Compiled here too, so a bad constraint is a 400 at the ingress; each replica compiles
+        (and caches) its own for its matchers."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.model_info.vocab_size,
+                                             self.tokenizer.eos_token_ids, self._structured)
+        return await self._grammars.compile_async(spec)
 
     def admit(self, key: int, prompts: Sequence[Sequence[int]], slo_class: SLOClass) -> float:
         predicted = 0.0

@@ -121,7 +121,8 @@ class IngressDeployment:
         router = fleet_router(ENGINE, RouterConfig(admission_mode=self.config.slo.admission_mode))
         tokenizer = load_tokenizer(self.config.engine.model)
         info = self.engine_handle.model_info.remote().result(timeout_s=1800)  # waits for a replica to load
-        return FleetBackend(tokenizer, info, router, self._send, self._reports)
+        return FleetBackend(tokenizer, info, router, self._send, self._reports,
+                            structured=self.config.engine.structured)
 
     async def _send(self, req: ReplicaRequest) -> AsyncGenerator[ReplicaMessage, None]:
         with _own_request_context():

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 from servewise.engine.async_engine import AsyncEngine
 from servewise.engine.llm_engine import ModelInfo
 from servewise.engine.stats import EngineStats
+from servewise.engine.structured import CompileResult
 from servewise.loading.tokenizer import Tokenizer
 from servewise.slo import AdmissionController, MetricSample, SLOClass
-from servewise.types import FinishReason, RequestOutput, SamplingParams
+from servewise.types import FinishReason, GrammarSpec, RequestOutput, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class Backend(Protocol):
 
     def validate_prompt(self, prompt: Sequence[int], params: SamplingParams) -> None:
         """Raise InvalidRequestError / ContextLengthError (400) if the request cannot be served."""
+
+    async def compile_grammar(self, spec: GrammarSpec) -> CompileResult:
+        """The output constraint compiled (cached); InvalidRequestError when it cannot be, or not in time."""
 
     def admit(self, key: int, prompts: Sequence[Sequence[int]], slo_class: SLOClass) -> float:
         """Predicted TTFT in seconds; raises OverloadedError (429) when the request is shed."""
@@ -121,6 +125,9 @@ class LocalBackend:
 
     def validate_prompt(self, prompt: Sequence[int], params: SamplingParams) -> None:
         self.engine.engine.validate_prompt(prompt, params)
+
+    async def compile_grammar(self, spec: GrammarSpec) -> CompileResult:
+        return await self.engine.compile_grammar(spec)
 
     def admit(self, key: int, prompts: Sequence[Sequence[int]], slo_class: SLOClass) -> float:
         # Prefill work the prefix cache already holds costs (almost) nothing: predict the rest.

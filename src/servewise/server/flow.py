@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from servewise.errors import OverloadedError
+from servewise.errors import InvalidRequestError, OverloadedError
 from servewise.server.backend import Backend, CallContext
 from servewise.server.generation import Generation, full_response, stream_response
 from servewise.server.request_log import log_finished
@@ -42,6 +42,8 @@ async def run_generation(request: Request, state: ServerState, valid: ValidGener
     backend = state.require_backend()
     for prompt in valid.prompts:  # 400 before anything is queued, limited or streamed
         backend.validate_prompt(prompt, valid.params)
+    if valid.params.grammar is not None:
+        await _compile_grammar(state, backend, valid)
     tenant = request_tenant(request)
     slo_class = state.slo.classify(tenant, valid.priority or request.headers.get("x-slo-class"))
     reserved = reserved_tokens([len(p) for p in valid.prompts], valid.params.n, valid.params.max_tokens,
@@ -84,6 +86,19 @@ async def run_generation(request: Request, state: ServerState, valid: ValidGener
     if result is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     return JSONResponse(result, headers=headers)
+
+
+async def _compile_grammar(state: ServerState, backend: Backend, valid: ValidGeneration) -> None:
+    """Compile the output constraint now (off the event loop, cached), so a bad or too complex one is
+    a 400 before anything is queued."""
+    assert valid.params.grammar is not None
+    try:
+        result = await backend.compile_grammar(valid.params.grammar)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(exc.message, param=valid.grammar_param, code=exc.code) from None
+    if state.metrics is not None:
+        kind = "tools" if valid.tools is not None else valid.params.grammar.kind.value
+        state.metrics.observe_grammar(kind, result.compiled.compile_s, result.cache_hit)
 
 
 def _generation(backend: Backend, ticket: Ticket, valid: ValidGeneration, rid: str, arrival_s: float) -> Generation:

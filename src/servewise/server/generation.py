@@ -18,8 +18,10 @@ from servewise.server.responses import (
     chat_response,
     completion_response,
     error_body,
+    finish_reason,
     sse,
 )
+from servewise.server.tool_calls import ToolCallParser, delta
 from servewise.server.validation import ValidGeneration
 from servewise.types import FinishReason, RequestOutput
 
@@ -145,7 +147,7 @@ async def full_response(gen: Generation, created: int, fingerprint: str, formatt
     valid = gen.valid
     if valid.kind == "chat":
         return chat_response(f"chatcmpl-{gen.request_id}", created, valid.model, fingerprint, gen.choices,
-                             gen.usage(), formatter)
+                             gen.usage(), formatter, valid.tools.syntax if valid.tools else None)
     if valid.echo:
         n = valid.params.n
         for choice in gen.choices:
@@ -192,10 +194,22 @@ async def stream_response(gen: Generation, created: int, fingerprint: str, forma
             choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return sse({**base, "choices": [choice]})
 
+    def tool_chunks(choice: ChoiceState, text: str, logprobs: Any, final: bool) -> list[bytes]:
+        parser = choice.tool_parser
+        assert parser is not None
+        events = parser.feed(text) + (parser.finish() if final else [])
+        chunks = [sse({**base, "choices": [{"index": choice.index, "delta": delta(e), "logprobs": None,
+                                            "finish_reason": None}]}) for e in events]
+        if logprobs is not None:  # token logprobs do not split along calls: sent on their own
+            chunks.append(chunk(choice.index, "", logprobs, None))
+        return chunks
+
     try:
         for choice in gen.choices:
             if chat:
                 yield chunk(choice.index, "", None, None, role=True)
+                if valid.tools is not None:
+                    choice.tool_parser = ToolCallParser(valid.tools.syntax)
             elif valid.echo:
                 yield chunk(choice.index, _prompt_text(gen, choice.index // n), None, None)
         async for prompt_index, out in gen.outputs():
@@ -208,10 +222,14 @@ async def stream_response(gen: Generation, created: int, fingerprint: str, forma
                         logprobs = {"content": formatter.chat(c.logprobs)}
                     else:
                         logprobs, offsets[index] = formatter.completion(c.logprobs, offsets[index])
-                if c.text or logprobs is not None:
+                parser = gen.choices[index].tool_parser
+                if parser is not None:
+                    for data in tool_chunks(gen.choices[index], c.text, logprobs, c.finish_reason is not None):
+                        yield data
+                elif c.text or logprobs is not None:
                     yield chunk(index, c.text, logprobs, None)
                 if c.finish_reason is not None:
-                    yield chunk(index, "", None, FINISH_REASONS[c.finish_reason])
+                    yield chunk(index, "", None, finish_reason(c.finish_reason, parser.call_count if parser else 0))
         if valid.include_usage:
             yield sse({**base, "choices": [], "usage": gen.usage().as_dict()})
     except ServeWiseError as exc:  # the engine failed this request, or died: tell the client in-band

@@ -24,6 +24,7 @@ ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
                7.5, 10.0, 20.0, 40.0, 80.0)
 REQUEST_BUCKETS = (0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                    120.0, 240.0, 480.0, 960.0, 1920.0)
+COMPILE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PREFIX = "servewise:"
 
 
@@ -100,6 +101,14 @@ class ServerMetrics:
                                ["model_name", "finished_reason"], registry=r)
         self.failure = Counter(PREFIX + "request_failure", "Requests failed, by error type.",
                                ["model_name", "error_type"], registry=r)
+        self.grammar_compile = hist("grammar_compile_time_seconds",
+                                    "Time to compile a structured-output grammar (cache misses).", COMPILE_BUCKETS)
+        self.grammar_queries = Counter(PREFIX + "grammar_cache_queries", "Grammar compile-cache look-ups.",
+                                       ["model_name"], registry=r).labels(model_name)
+        self.grammar_hits = Counter(PREFIX + "grammar_cache_hits", "Grammar compile-cache hits.",
+                                    ["model_name"], registry=r).labels(model_name)
+        self.constrained = Counter(PREFIX + "constrained_requests", "Requests with an output constraint, by kind.",
+                                   ["model_name", "kind"], registry=r)
         if engine_stats is not None:  # None at a fleet's ingress: its replicas export the engine series
             r.register(_EngineCollector(engine_stats, model_name))
         if samples is not None:
@@ -121,6 +130,15 @@ class ServerMetrics:
                 self.prefill.observe(t.first_token_s - t.first_scheduled_s)
         if t.first_token_s is not None and t.last_token_s is not None:
             self.decode.observe(t.last_token_s - t.first_token_s)
+
+    def observe_grammar(self, kind: str, compile_s: float, cache_hit: bool) -> None:
+        """A constrained request's grammar is ready: kind is the GrammarKind, or "tools"."""
+        self.constrained.labels(self.model_name, kind).inc()
+        self.grammar_queries.inc()
+        if cache_hit:
+            self.grammar_hits.inc()
+        else:
+            self.grammar_compile.observe(compile_s)
 
     def count_success(self, finished_reason: str) -> None:
         self.success.labels(self.model_name, finished_reason).inc()

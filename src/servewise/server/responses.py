@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from servewise.server.tool_calls import ToolCallParser, ToolSyntax, openai_tool_calls, parse_tool_calls
 from servewise.types import FinishReason, TokenLogprob
 
 FINISH_REASONS = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length", FinishReason.ABORT: "abort",
@@ -83,20 +84,38 @@ class ChoiceState:
     num_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    tool_parser: ToolCallParser | None = None  # streaming with tools: splits the text into content and calls
+
+
+def finish_reason(reason: FinishReason | None, num_tool_calls: int) -> str | None:
+    """OpenAI's spelling; a stop after tool calls is "tool_calls" (a cut one stays "length")."""
+    if reason is None:
+        return None
+    return "tool_calls" if num_tool_calls and reason is FinishReason.STOP else FINISH_REASONS[reason]
+
+
+def _chat_message(choice: ChoiceState, tools: ToolSyntax | None) -> tuple[dict[str, Any], int]:
+    if tools is None:
+        return {"role": "assistant", "content": choice.text}, 0
+    content, calls = parse_tool_calls(tools, choice.text)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = openai_tool_calls(calls)
+    return message, len(calls)
 
 
 def chat_response(response_id: str, created: int, model: str, fingerprint: str, choices: Sequence[ChoiceState],
-                  usage: Usage, formatter: LogprobFormatter | None) -> dict[str, Any]:
-    return {
-        "id": response_id, "object": "chat.completion", "created": created, "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": [{
-            "index": c.index, "message": {"role": "assistant", "content": c.text},
-            "logprobs": {"content": formatter.chat(c.logprobs)} if formatter else None,
-            "finish_reason": FINISH_REASONS.get(c.finish_reason) if c.finish_reason else None,
-        } for c in choices],
-        "usage": usage.as_dict(),
-    }
+                  usage: Usage, formatter: LogprobFormatter | None, tools: ToolSyntax | None = None
+                  ) -> dict[str, Any]:
+    """tools: the syntax of tool calls to parse out of the text, when the request has tools."""
+    out = []
+    for c in choices:
+        message, num_calls = _chat_message(c, tools)
+        out.append({"index": c.index, "message": message,
+                    "logprobs": {"content": formatter.chat(c.logprobs)} if formatter else None,
+                    "finish_reason": finish_reason(c.finish_reason, num_calls)})
+    return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
+            "system_fingerprint": fingerprint, "choices": out, "usage": usage.as_dict()}
 
 
 def completion_response(response_id: str, created: int, model: str, fingerprint: str,

@@ -7,10 +7,12 @@ from fastapi.responses import JSONResponse, Response
 
 from servewise import __version__
 from servewise.errors import InvalidRequestError
+from servewise.server.messages import conversation
 from servewise.server.metrics import merge_replica_metrics
 from servewise.server.protocol import DetokenizeRequest, TokenizeRequest
 from servewise.server.routes_openai import get_state, read_body
-from servewise.server.validation import check_model, message_text, parse_body
+from servewise.server.tools import template_syntax
+from servewise.server.validation import check_model, parse_body
 
 router = APIRouter()
 
@@ -59,8 +61,8 @@ async def tokenize(request: Request) -> JSONResponse:
     check_model(req.model, engine.model_info.name)
     tok = engine.tokenizer
     if req.messages is not None:
-        conversation = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]
-        text = tok.apply_chat_template(conversation, add_generation_prompt=req.add_generation_prompt)
+        messages, extra = conversation(req.messages, None, template_syntax(tok.chat_template)[1])
+        text = tok.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, **extra)
         tokens = tok.encode(text, add_special_tokens=False)
     else:
         tokens = tok.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)

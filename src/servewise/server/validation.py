@@ -13,8 +13,11 @@ from pydantic import BaseModel, ValidationError
 
 from servewise.config import ServerConfig
 from servewise.errors import InvalidRequestError, ModelNotFoundError
-from servewise.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, _SamplingFields
-from servewise.types import SamplingParams
+from servewise.server.messages import conversation
+from servewise.server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from servewise.server.structured import parse_grammar
+from servewise.server.tools import ToolPlan, parse_tools, template_syntax
+from servewise.types import GrammarSpec, SamplingParams
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -41,6 +44,8 @@ class ValidGeneration:
     echo: bool  # completions: prepend the prompt to the text
     priority: str | None  # SLO class asked for in the body, if any
     user: str | None
+    tools: ToolPlan | None = None  # chat: tools the model may call (parsed out of its output)
+    grammar_param: str | None = None  # the parameter that constrained the output (params.grammar), for errors
 
 
 def parse_body(model: type[Body], raw: bytes) -> Body:
@@ -77,7 +82,8 @@ def check_model(requested: str | None, served: str) -> str:
     return served
 
 
-def _sampling_params(req: _SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def _sampling_params(req: _SamplingFields, max_tokens: int | None, logprobs: int | None,
+                     grammar: GrammarSpec | None) -> SamplingParams:
     if req.top_k is not None and req.top_k < -1:
         raise InvalidRequestError("top_k must be -1 (disabled) or ≥ 1", param="top_k")
     bias: dict[int, float] = {}
@@ -96,25 +102,14 @@ def _sampling_params(req: _SamplingFields, max_tokens: int | None, logprobs: int
         presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
         logit_bias=SamplingParams.bias_from_mapping(bias), seed=req.seed, logprobs=logprobs, stop=stop,
         stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos,
-        skip_special_tokens=req.skip_special_tokens, include_stop_str_in_output=req.include_stop_str_in_output)
+        skip_special_tokens=req.skip_special_tokens, include_stop_str_in_output=req.include_stop_str_in_output,
+        grammar=grammar)
 
 
 def _check_stream_options(req: _SamplingFields) -> bool:
     if req.stream_options is not None and not req.stream:
         raise InvalidRequestError("stream_options is only allowed when stream is true", param="stream_options")
     return bool(req.stream_options and req.stream_options.include_usage)
-
-
-def message_text(message: ChatMessage, index: int) -> str:
-    if message.content is None or isinstance(message.content, str):
-        return message.content or ""
-    texts = []
-    for part in message.content:
-        if part.type != "text" or part.text is None:
-            raise InvalidRequestError(f"messages.{index}.content: only text parts are supported, got {part.type!r}",
-                                      param="messages")
-        texts.append(part.text)
-    return "\n".join(texts)
 
 
 def parse_chat(req: ChatCompletionRequest, tokenizer: TokenizerLike, served_model: str,
@@ -125,14 +120,18 @@ def parse_chat(req: ChatCompletionRequest, tokenizer: TokenizerLike, served_mode
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
     include_usage = _check_stream_options(req)
+    grammar, grammar_param = parse_grammar(req, limits.max_grammar_bytes)
+    template = getattr(tokenizer, "chat_template", None)
+    plan = parse_tools(req.tools, req.tool_choice, req.parallel_tool_calls, template, limits.max_grammar_bytes)
+    if plan is not None:
+        grammar, grammar_param = plan.grammar(grammar), "tools"
     params = _sampling_params(req, req.max_completion_tokens or req.max_tokens,
-                              (req.top_logprobs or 0) if req.logprobs else None)
-    conversation = [{"role": m.role, "content": message_text(m, i), **({"name": m.name} if m.name else {})}
-                    for i, m in enumerate(req.messages)]
-    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=req.add_generation_prompt)
+                              (req.top_logprobs or 0) if req.logprobs else None, grammar)
+    messages, extra = conversation(req.messages, plan, template_syntax(template)[1])
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, **extra)
     tokens = tuple(tokenizer.encode(text, add_special_tokens=False))
     return ValidGeneration("chat", model, (tokens,), (text,), params, req.stream, include_usage, req.logprobs,
-                           False, req.priority, req.user)
+                           False, req.priority, req.user, plan, grammar_param)
 
 
 def parse_completion(req: CompletionRequest, tokenizer: TokenizerLike, served_model: str,
@@ -144,7 +143,8 @@ def parse_completion(req: CompletionRequest, tokenizer: TokenizerLike, served_mo
         raise InvalidRequestError("echo together with logprobs is not supported (no prompt logprobs)",
                                   param="echo")
     include_usage = _check_stream_options(req)
-    params = _sampling_params(req, 16 if req.max_tokens is None else req.max_tokens, req.logprobs)
+    grammar, grammar_param = parse_grammar(req, limits.max_grammar_bytes)
+    params = _sampling_params(req, 16 if req.max_tokens is None else req.max_tokens, req.logprobs, grammar)
     raw = req.prompt
     items: list[str | list[int]]
     if isinstance(raw, str):
@@ -160,4 +160,4 @@ def parse_completion(req: CompletionRequest, tokenizer: TokenizerLike, served_mo
     prompts = tuple(tuple(tokenizer.encode(p)) if isinstance(p, str) else tuple(p) for p in items)
     texts = tuple(p if isinstance(p, str) else None for p in items)
     return ValidGeneration("completion", model, prompts, texts, params, req.stream, include_usage,
-                           req.logprobs is not None, req.echo, req.priority, req.user)
+                           req.logprobs is not None, req.echo, req.priority, req.user, None, grammar_param)
