@@ -232,6 +232,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         try:
             fleet = fleet_config(args)
+        except ConfigError:
+            raise  # main() says it in one line, exit status 2
         except (ValueError, OSError) as exc:
             raise SystemExit(f"servewise serve: {exc}") from None
         return run_fleet(fleet)
