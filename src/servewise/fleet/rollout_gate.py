@@ -1,0 +1,114 @@
+"""The canary gate: is the candidate worse than the baseline on the same stretch of traffic?
+
+Per version, over the step so far: eligible requests n (served + failed + shed), met (served
+within every target of their SLO class), errors (5xx, engine failures, lost replicas), shed
+(429), and p99 TTFT / TPOT of the served ones.
+
+- Proportions, one-sided two-sample z-test at ``confidence`` against a tolerance d:
+  attainment is worse when ``p_base - p_cand > d``; errors and sheds when ``p_cand - p_base > d``.
+  ``z = (diff - d) / sqrt(p_b (1 - p_b) / n_b + p_c (1 - p_c) / n_c)``; worse when z exceeds the
+  normal quantile of ``confidence`` (a zero variance counts as certain either way).
+- p99s (only with ``min_samples`` on both sides): worse when the candidate's TTFT or TPOT p99
+  exceeds ``p99_ratio_tolerance`` × the baseline's.
+
+Decision: any "worse" → ROLLBACK (at once, whatever the step's age); else PROMOTE once the step
+has lasted ``step_min_duration_s`` and the candidate served ``step_min_requests``; else EXTEND.
+
+Not modelled: traffic mix differences between the versions (sticky sessions make them small but
+nonzero), sequential-testing error inflation from looking every window (the tolerances and
+the minimum samples absorb it in practice), and p99 sampling error (a ratio, not a test).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+from servewise.fleet.rollout_spec import AnalysisConfig
+
+
+class GateDecision(str, enum.Enum):
+    PROMOTE = "promote"
+    EXTEND = "extend"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class VersionWindow:
+    """One version's traffic over the analysed span."""
+
+    num_requests: int = 0  # eligible: served + failed + shed
+    num_met: int = 0  # served within every target of their SLO class
+    num_errors: int = 0  # failed on the server's side
+    num_shed: int = 0  # refused by admission (429)
+    ttft_p99_s: float | None = None  # of served requests
+    tpot_p99_s: float | None = None
+
+    @property
+    def attainment(self) -> float | None:
+        return self.num_met / self.num_requests if self.num_requests else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.num_requests, "met": self.num_met, "errors": self.num_errors, "shed": self.num_shed,
+                "attainment": self.attainment, "ttft_p99_s": self.ttft_p99_s, "tpot_p99_s": self.tpot_p99_s}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    decision: GateDecision
+    reasons: tuple[str, ...]  # why (the worse findings, or what is missing, or "no worse")
+    figures: dict[str, Any] = field(default_factory=dict)  # both windows and the test statistics
+
+
+def worse_by(base_hits: int, base_n: int, cand_hits: int, cand_n: int, tolerance: float,
+             confidence: float) -> tuple[bool, float]:
+    """One-sided: is the candidate's rate higher than the baseline's by more than ``tolerance``?
+    Returns (worse, z)."""
+    if base_n == 0 or cand_n == 0:
+        return False, 0.0
+    p_b, p_c = base_hits / base_n, cand_hits / cand_n
+    excess = p_c - p_b - tolerance
+    variance = p_b * (1 - p_b) / base_n + p_c * (1 - p_c) / cand_n
+    if variance == 0:
+        z = math.inf if excess > 0 else -math.inf
+    else:
+        z = excess / math.sqrt(variance)
+    return z > NormalDist().inv_cdf(confidence), z
+
+
+def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, step_age_s: float,
+             step_min_duration_s: float, step_min_requests: int) -> GateResult:
+    findings: list[str] = []
+    stats: dict[str, float] = {}
+    # attainment: "missed" rates, so that higher is worse like the others
+    checks = (("missed SLO", base.num_requests - base.num_met, cand.num_requests - cand.num_met,
+               cfg.attainment_tolerance),
+              ("errors", base.num_errors, cand.num_errors, cfg.error_tolerance),
+              ("shed", base.num_shed, cand.num_shed, cfg.shed_tolerance))
+    for name, b_hits, c_hits, tol in checks:
+        worse, z = worse_by(b_hits, base.num_requests, c_hits, cand.num_requests, tol, cfg.confidence)
+        stats[f"z_{name.replace(' ', '_')}"] = z
+        if worse:
+            findings.append(f"{name}: {c_hits}/{cand.num_requests} on the candidate vs {b_hits}/{base.num_requests} "
+                            f"on the baseline (z = {z:.2f} beyond +{tol:g})")
+    if base.num_requests >= cfg.min_samples and cand.num_requests >= cfg.min_samples:
+        for name, b, c in (("TTFT p99", base.ttft_p99_s, cand.ttft_p99_s), ("TPOT p99", base.tpot_p99_s,
+                                                                            cand.tpot_p99_s)):
+            if b is not None and c is not None and c > cfg.p99_ratio_tolerance * b:
+                findings.append(f"{name}: {c * 1e3:.0f} ms on the candidate vs {b * 1e3:.0f} ms "
+                                f"(over {cfg.p99_ratio_tolerance:g}×)")
+    figures = {"baseline": base.as_dict(), "candidate": cand.as_dict(), "step_age_s": round(step_age_s, 3), **stats}
+    if findings:
+        return GateResult(GateDecision.ROLLBACK, tuple(findings), figures)
+    missing = []
+    if step_age_s < step_min_duration_s:
+        missing.append(f"the step is {step_age_s:.0f} s old of {step_min_duration_s:g} s")
+    if cand.num_requests < step_min_requests:
+        missing.append(f"the candidate saw {cand.num_requests} of {step_min_requests} requests")
+    if missing:
+        return GateResult(GateDecision.EXTEND, tuple(missing), figures)
+    return GateResult(GateDecision.PROMOTE, ("no worse than the baseline on attainment, errors, sheds and p99s",),
+                      figures)
