@@ -21,6 +21,7 @@ from servewise.config import (
     ConfigError,
     DeviceConfig,
     EngineConfig,
+    FaultConfig,
     SchedulerConfig,
     ServerConfig,
     StructuredOutputConfig,
@@ -74,6 +75,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for requests that give none")
     g.add_argument("--grammar-compile-timeout", type=float, default=10.0,
                    help="seconds a structured-output schema or grammar may take to compile (else 400)")
+    f = p.add_argument_group("deliberate faults (to make a bad rollout candidate on purpose; off by default)")
+    f.add_argument("--fault-step-delay-ms", type=float, default=0.0, help="add this much to every engine step")
+    f.add_argument("--fault-fail-ratio", type=float, default=0.0, help="fail this share of requests at once")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -86,7 +90,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                                   max_model_len=args.max_model_len, queue_policy=args.queue_policy),
         device=DeviceConfig(device=args.device, linear_backend=args.linear_backend,
                             num_threads=args.threads or os.cpu_count() or 1, enforce_eager=args.enforce_eager),
-        structured=StructuredOutputConfig(compile_timeout_s=args.grammar_compile_timeout))
+        structured=StructuredOutputConfig(compile_timeout_s=args.grammar_compile_timeout),
+        fault=FaultConfig(step_delay_s=args.fault_step_delay_ms / 1000.0, fail_ratio=args.fault_fail_ratio))
 
 
 def add_slo_args(p: argparse.ArgumentParser) -> None:
@@ -190,12 +195,26 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
     return FleetConfig(engine=engine, server=server_config(args), slo=slo_settings(args), num_replicas=num_replicas,
                        scaling=scaling, num_cpus_per_replica=args.num_cpus_per_replica or float(threads),
                        num_gpus_per_replica=args.num_gpus_per_replica, ray_address=args.ray_address,
-                       router=args.router)
+                       router=args.router, serve_argv=tuple(getattr(args, "serve_argv", ())),
+                       engine_from_argv=engine_config_from_serve_argv)
+
+
+def engine_config_from_serve_argv(argv: Sequence[str]) -> EngineConfig:
+    """The engine `servewise serve <argv>` would run (a rollout candidate's: the fleet's flags, then
+    the candidate's). ConfigError for flags that do not parse."""
+    parser = build_parser()
+    parser.exit_on_error = False
+    try:
+        args = parser.parse_args(["serve", *argv])
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise ConfigError(f"bad engine flags {' '.join(argv)!r}: {exc}") from None
+    return engine_config(args)
 
 
 def fleet_config_from_argv(argv: Sequence[str]) -> FleetConfig:
     """The fleet of `servewise serve <argv>` (a KubeRay RayService passes the flags this way)."""
     args = build_parser().parse_args(["serve", *argv])
+    args.serve_argv = list(argv)
     if args.replicas is None and args.min_replicas is None:
         args.replicas = 1
     return fleet_config(args)
@@ -314,6 +333,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": reply})
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import httpx
+
+    from servewise.fleet.rollout_cli import run
+
+    try:
+        status, text = run(args.action, args.base_url, args.api_key, args.spec, args.json)
+    except httpx.HTTPError as exc:
+        print(f"servewise rollout {args.action}: error: cannot reach {args.base_url}: {exc}", file=sys.stderr)
+        return 1
+    print(text, file=sys.stderr if status else sys.stdout)
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="servewise", description="SLO-first LLM serving.")
     parser.add_argument("--version", action="version", version=f"servewise {__version__}")
@@ -346,6 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sample-seed", type=int, default=None)
         p.set_defaults(func=func)
 
+    rollout = sub.add_parser("rollout", help="canary or shadow a new model version on a running fleet")
+    rollout.add_argument("action", choices=["start", "status", "promote", "pause", "resume", "abort"])
+    rollout.add_argument("spec", nargs="?", help="start: the rollout spec (rollout.yaml; see README)")
+    rollout.add_argument("--base-url", default=os.environ.get("SERVEWISE_BASE_URL", "http://127.0.0.1:8000"),
+                         help="the fleet (the ingress's URL)")
+    rollout.add_argument("--api-key", default=os.environ.get("SERVEWISE_ADMIN_KEY"),
+                         help="an admin API key when the fleet has keys (also SERVEWISE_ADMIN_KEY)")
+    rollout.add_argument("--json", action="store_true", help="print the status as JSON")
+    rollout.set_defaults(func=cmd_rollout)
+
     bench = sub.add_parser("bench", help="load-test any OpenAI-compatible server", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=None)
@@ -359,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        args.serve_argv = argv[argv.index("serve") + 1:]
     _setup_process(args.log_level)
     try:
         return int(args.func(args))

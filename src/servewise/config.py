@@ -140,6 +140,23 @@ class StructuredOutputConfig:
 
 
 @dataclass(frozen=True)
+class FaultConfig:
+    """Deliberate faults, to make a bad rollout candidate on purpose (tests, demos). Off by default."""
+
+    step_delay_s: float = 0.0  # added to every engine step (raises TPOT and TTFT alike)
+    fail_ratio: float = 0.0  # share of requests failed at once with an engine error
+    seed: int = 0  # which requests fail is drawn from this
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.step_delay_s <= 60, "fault step delay must be in [0, 60] s")
+        _require(0 <= self.fail_ratio <= 1, "fault fail ratio must be in [0, 1]")
+
+    @property
+    def active(self) -> bool:
+        return self.step_delay_s > 0 or self.fail_ratio > 0
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: str | None = None  # GGUF file or HF directory; None = the embedded SmolLM2 default
     served_model_name: str | None = None
@@ -148,6 +165,7 @@ class EngineConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)
     seed: int = 0  # seed of requests that give none
+    fault: FaultConfig = field(default_factory=FaultConfig)  # off unless asked for (rollout tests)
 
 
 @dataclass(frozen=True)

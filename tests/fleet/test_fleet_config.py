@@ -6,7 +6,7 @@ import pytest
 
 from servewise.cli import fleet_config_from_argv, main
 from servewise.config import ConfigError
-from servewise.fleet.ray_app import ENGINE, build
+from servewise.fleet.ray_app import ENGINE, INGRESS, build, build_engine
 
 
 def test_flags_become_a_fleet_config():
@@ -34,21 +34,14 @@ def test_the_cli_says_why_and_exits_2(capsys):
     assert "within --min-replicas" in capsys.readouterr().err
 
 
-def test_the_kuberay_entry_point_builds_the_application_from_cli_flags():
-    app = build({"cli_args": ["--replicas", "2", "--min-replicas", "1", "--max-replicas", "3"]})
-    deployments = {d.name: d for d in _deployments(app)}
-    engine = deployments[ENGINE]
-    assert set(deployments) == {ENGINE, "Ingress"}
+def test_the_kuberay_entry_points_build_the_applications_from_cli_flags():
+    args = {"cli_args": ["--replicas", "2", "--min-replicas", "1", "--max-replicas", "3"]}
+    ingress = build(args)._bound_deployment
+    engine = build_engine(args)._bound_deployment
+    assert (ingress.name, engine.name) == (INGRESS, ENGINE)
+    assert ingress.init_args[0].serve_argv == tuple(args["cli_args"])
     autoscaling = engine._deployment_config.autoscaling_config
     assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.initial_replicas) == (1, 2 + 1, 2)
     assert engine._deployment_config.request_router_config.request_router_class.endswith("SLORouter")
     assert engine._deployment_config.max_ongoing_requests > 100  # our admission decides, not Ray's count
 
-
-def _deployments(app):
-    seen, stack = [], [app._bound_deployment]
-    while stack:
-        d = stack.pop()
-        seen.append(d)
-        stack.extend(a._bound_deployment for a in d.init_args if hasattr(a, "_bound_deployment"))
-    return seen

@@ -13,7 +13,7 @@ import pytest
 from servewise.config import CacheConfig, EngineConfig, SchedulerConfig
 from servewise.engine.async_engine import AsyncEngine
 from servewise.errors import OverloadedError, ReplicaLostError
-from servewise.fleet.ingress import FleetBackend, ReplicaFailure
+from servewise.fleet.ingress import FleetBackend, ReplicaFailure, VersionTarget
 from servewise.fleet.messages import Accepted, OutputBatch, ReplicaMessage, ReplicaRequest
 from servewise.fleet.replica import ReplicaServer, ReplicaSettings
 from servewise.fleet.router_core import FleetRouter
@@ -80,7 +80,7 @@ def fleet(replicas, router: FleetRouter, failing: dict[str, int] | None = None) 
         return [r.report() for r in replicas.values()]
 
     any_replica = next(iter(replicas.values()))
-    return FleetBackend(any_replica.engine.tokenizer, any_replica.model_info, router, send, reports)
+    return FleetBackend(any_replica.engine.tokenizer, any_replica.model_info, VersionTarget("v1", router, send, reports))
 
 
 async def collect(backend: FleetBackend, request_id: str, prompt, slo=CLASS):
@@ -97,7 +97,7 @@ async def test_a_replica_streams_the_same_tokens_as_its_engine_in_batches(replic
     r0 = replicas["r0"]
     direct = [o async for o in r0.engine.generate("direct", [5, 6, 7, 8, 9], PARAMS)]
     router = FleetRouter()
-    req = fleet(replicas, router).route_info("k", [5, 6, 7, 8, 9], CLASS)
+    req = fleet(replicas, router).route_info(router, "k", [5, 6, 7, 8, 9], CLASS)
     msgs = [m async for m in r0.generate(ReplicaRequest("via", (5, 6, 7, 8, 9), PARAMS, CLASS, req, 0.0))]
     assert isinstance(msgs[0], Accepted) and msgs[0].replica_id == "r0"
     batches = [m for m in msgs[1:] if isinstance(m, OutputBatch)]

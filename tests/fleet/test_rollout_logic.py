@@ -71,6 +71,7 @@ def test_the_proportion_test_needs_both_the_tolerance_and_the_evidence():
     assert worse_by(0, 1000, 50, 1000, 0.01, 0.95)[0]  # 5 % errors vs none: worse
     assert not worse_by(0, 1000, 5, 1000, 0.01, 0.95)[0]  # 0.5 %: inside the tolerance
     assert not worse_by(0, 1000, 1, 5, 0.01, 0.95)[0]  # 1 of 5: not enough evidence
+    assert not worse_by(0, 1, 1, 1, 0.02, 0.95)[0]  # all-or-nothing on one request is never certain
     assert not worse_by(10, 100, 10, 100, 0.0, 0.95)[0]
 
 
@@ -90,14 +91,17 @@ def test_gate_rolls_back_on_errors_attainment_and_p99s():
 def test_gate_extends_until_the_minimums_then_promotes():
     base = good(400)
     r = evaluate(base, good(10), CFG, step_age_s=100, step_min_duration_s=60, step_min_requests=50)
-    assert r.decision is GateDecision.EXTEND and "10 of 50" in r.reasons[0]
+    assert r.decision is GateDecision.EXTEND and "10 of 20" in r.reasons[0] and "10 of 50" in r.reasons[1]
     r = evaluate(base, good(60), CFG, step_age_s=30, step_min_duration_s=60, step_min_requests=50)
     assert r.decision is GateDecision.EXTEND and "30 s old" in r.reasons[0]
     r = evaluate(base, good(60), CFG, step_age_s=61, step_min_duration_s=60, step_min_requests=50)
     assert r.decision is GateDecision.PROMOTE
-    # p99s alone never roll back on fewer than min_samples requests
+    # nothing is judged, either way, on fewer than min_samples requests
     r = evaluate(base, good(5, tpot=1.0), CFG, step_age_s=61, step_min_duration_s=60, step_min_requests=5)
-    assert r.decision is GateDecision.PROMOTE
+    assert r.decision is GateDecision.EXTEND
+    one_bad = VersionWindow(num_requests=1, num_errors=1)
+    assert evaluate(good(1), one_bad, CFG, step_age_s=61, step_min_duration_s=0,
+                    step_min_requests=0).decision is GateDecision.EXTEND
 
 
 # -- state machine --------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def slo_metric_names() -> set[str]:
 
 def fleet_metric_names() -> set[str]:
     """Names a fleet's ingress yields (router and failover series) once it routed a request."""
-    from servewise.fleet.ingress import FleetBackend
+    from servewise.fleet.ingress import FleetBackend, VersionTarget
     from servewise.fleet.router_core import FleetRouter
     from servewise.fleet.routing import RouteReason
     from tests.fleet.factories import route, stats, tokens
@@ -57,7 +57,7 @@ def fleet_metric_names() -> set[str]:
     req = route("k", tokens(0, 40))
     router.on_routed(req, "a", RouteReason.LOAD)
     router.on_first_token("k", 0.5, 0)
-    backend = FleetBackend(None, None, router, None, None)  # type: ignore[arg-type]
+    backend = FleetBackend(None, None, VersionTarget("v1", router, None, None))  # type: ignore[arg-type]
     return {s.name for s in backend.metric_samples()}
 
 

@@ -16,6 +16,7 @@ import torch
 
 from servewise.config import ConfigError, DeviceConfig, EngineConfig
 from servewise.engine.detokenizer import StopAwareDetokenizer
+from servewise.engine.faults import FailureDraw, SlowRunner
 from servewise.engine.kv_cache_manager import KVCacheManager
 from servewise.engine.model_runner import (
     MAX_ALL_PAGED_STEP_TOKENS,
@@ -133,6 +134,9 @@ class LLMEngine:
         self.runner = ModelRunner(model, num_blocks, block_size, dev, kv_dtype,
                                   cuda_graphs=not config.device.enforce_eager, max_model_len=self.max_model_len,
                                   max_num_seqs=config.scheduler.max_num_seqs)
+        if config.fault.step_delay_s > 0:
+            self.runner = SlowRunner(self.runner, config.fault.step_delay_s)  # type: ignore[assignment]
+        self._failures = FailureDraw(config.fault)
         self.kv_cache = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv_cache)
         self.sampler = Sampler()
@@ -183,6 +187,8 @@ class LLMEngine:
         for child in children:
             self.scheduler.add_request(child)
         self.stats.num_prompt_tokens += len(prompt_token_ids)
+        if self._failures.fails():
+            self._fail_group(request_id, FinishReason.ERROR, "injected failure (--fault-fail-ratio)")
 
     def abort_request(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> None:
         """Finish a request now (its blocks are free when this returns); the next step reports it."""

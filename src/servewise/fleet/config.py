@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from servewise.config import ConfigError, EngineConfig, ServerConfig
@@ -26,6 +27,10 @@ class FleetConfig:
     routing_stats_period_s: float = 0.5  # how often each replica publishes its stats to the routers
     flush_interval_s: float = 0.015  # replicas batch streamed outputs this long (Ray's per-message cost)
     app_name: str = "servewise"
+    # The `servewise serve` flags the fleet started with, and the CLI's own parser of them: a
+    # rollout candidate's engine is these flags followed by the candidate's (later ones win).
+    serve_argv: tuple[str, ...] = ()
+    engine_from_argv: Callable[[Sequence[str]], EngineConfig] | None = None
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:

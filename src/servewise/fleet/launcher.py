@@ -25,12 +25,14 @@ def _ray_init_kwargs(config: FleetConfig) -> dict[str, Any]:
     if config.ray_address:
         return {"address": config.ray_address}
     # "local": always a new cluster, never one some other process started on this machine.
-    # A local cluster: enough logical CPUs for the most replicas autoscaling may ask for (Ray
-    # would leave the rest pending); more than the machine has shares cores, which is said.
-    needed = config.max_replicas * config.num_cpus_per_replica
+    # A local cluster: enough logical CPUs for the most replicas autoscaling may ask for, twice over
+    # so a rollout candidate of the same size fits beside them (Ray would leave the rest pending);
+    # more than the machine has shares its cores, which is said.
+    needed = 2 * config.max_replicas * config.num_cpus_per_replica
     cores = os.cpu_count() or 1
     if needed > cores:
-        logger.warning("%g replica CPUs requested on %d cores: replicas will share cores", needed, cores)
+        logger.warning("room for %g replica CPUs (a rollout candidate included) on %d cores: replicas "
+                       "will share cores", needed, cores)
     return {"address": "local", "num_cpus": max(cores, int(needed + 0.999)), "include_dashboard": False}
 
 
@@ -39,7 +41,8 @@ def run_fleet(config: FleetConfig) -> int:
     from ray import serve
 
     from servewise.errors import ModelLoadError
-    from servewise.fleet.ray_app import build_app
+    from servewise.fleet.ray_app import build_engine_app, build_ingress_app
+    from servewise.fleet.ray_engines import engine_app_name, forget_state
     from servewise.loading import load_tokenizer
 
     try:  # a path or file that cannot work fails here, in a second, not after Ray's retries
@@ -53,7 +56,9 @@ def run_fleet(config: FleetConfig) -> int:
     signals.install()  # again: ray.init put its own fatal-signal handler in place (it aborts on SIGTERM)
     try:
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
-        ingress = serve.run(build_app(config), name=config.app_name, route_prefix="/")
+        forget_state(config.app_name)  # a fleet started afresh begins at v1, whatever ran here before
+        serve.run(build_engine_app(config), name=engine_app_name(config.app_name, "v1"), route_prefix=None)
+        ingress = serve.run(build_ingress_app(config), name=config.app_name, route_prefix="/")
     except Exception as exc:  # a replica that cannot load its model ends here, after Ray's retries
         print(f"servewise serve: error: the fleet failed to start: {str(exc).strip().splitlines()[0]}",
               file=sys.stderr, flush=True)

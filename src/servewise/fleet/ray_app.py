@@ -1,63 +1,50 @@
-"""The fleet as a Ray Serve application: an ingress deployment and an engine deployment.
+"""The fleet as Ray Serve applications: one ingress, and one engine application per model version.
 
 ```
-client -HTTP-> Ray Serve proxy -> Ingress (the FastAPI app of `servewise serve`: auth, validation,
-                                   tokenization, SLO class, tenants, usage; FleetBackend)
+client -HTTP-> Ray Serve proxy -> Ingress app "<app>" (the FastAPI app of `servewise serve`: auth,
+                                   validation, tokenization, SLO class, tenants, usage; FleetBackend)
                                       | handle.options(stream=True).generate, routed by our router
                                       v
-                                   Engine x N (ReplicaServer: AsyncEngine, admission, prefix cache)
+                                   Engine app "<app>-v1" x N replicas (ReplicaServer: AsyncEngine,
+                                   admission, prefix cache); a rollout adds "<app>-v2" beside it
 ```
 
 Everything here is glue: the decisions live in ``routing``/``router_core``/``autoscaling``/
-``replica``/``ingress``. ``build_app`` is what `servewise serve --replicas` runs;
-``build`` is the import path for a KubeRay RayService (``servewise.fleet.ray_app:build``).
+``replica``/``ingress``/``rollout_*``. ``build_engine_app`` and ``build_ingress_app`` are what
+`servewise serve --replicas` runs; ``build`` and ``build_engine`` are the import paths for a
+KubeRay RayService.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import hashlib
 import logging
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
-from ray.serve import context as serve_context
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 from ray.serve.deployment import Deployment
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from servewise.errors import EngineError, ServeWiseError, ServiceUnavailableError
+from servewise.config import ConfigError, EngineConfig
 from servewise.fleet.autoscaling import ReplicaPressure, ScalingConfig, ScalingState, decide
 from servewise.fleet.config import FleetConfig
-from servewise.fleet.ingress import FleetBackend, ReplicaFailure
+from servewise.fleet.fleet_call import VersionTarget
+from servewise.fleet.ingress import FleetBackend
 from servewise.fleet.messages import ReplicaCall, ReplicaMessage, ReplicaRequest
+from servewise.fleet.ray_engines import ENGINE, EngineClient, engine_app_name, state_store
 from servewise.fleet.ray_router import ROUTERS
 from servewise.fleet.replica import ReplicaServer, ReplicaSettings
-from servewise.fleet.router_core import RouterConfig, fleet_router
+from servewise.fleet.rollout_spec import RolloutSpec
+from servewise.fleet.router_core import RouterConfig
 from servewise.server.backend import Backend, ReplicaReport
 
 logger = logging.getLogger("servewise.fleet")
-ENGINE = "Engine"
 INGRESS = "Ingress"
-REPORT_TIMEOUT_S = 5.0
-
-
-@contextlib.contextmanager
-def _own_request_context() -> Iterator[None]:
-    """Give the next handle call its own Ray request id. Calls made while serving one HTTP request
-    inherit that request's id, and Ray's router matches routed replicas to pending requests by it:
-    two concurrent calls (the prompts of one completions request, a report fan-out) would collide."""
-    current = serve_context._get_serve_request_context()
-    token = serve_context._serve_request_context.set(
-        dataclasses.replace(current, _internal_request_id=uuid.uuid4().hex))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        serve_context._serve_request_context.reset(token)
+DEPLOY_TIMEOUT_S = 600.0  # a rollout candidate that is not serving by then is refused
 
 
 class EngineDeployment:
@@ -103,53 +90,35 @@ class EngineDeployment:
 
 
 class IngressDeployment:
-    """The OpenAI API of the fleet: the same app as `servewise serve`, on a ``FleetBackend``."""
+    """The OpenAI API of the fleet: the same app as `servewise serve`, on a ``FleetBackend`` that
+    reaches each version's engine application by name (so a rollout can add and delete them)."""
 
-    async def __init__(self, engine: DeploymentHandle, config: FleetConfig) -> None:  # type: ignore[misc]
-        self.engine_handle = engine
+    async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]
         self.config = config
 
     def __serve_build_asgi_app__(self) -> Any:
+        from servewise.fleet import rollout_routes
         from servewise.server.app import create_app
 
-        return create_app(self.config.server, self.config.engine, self._backend, self.config.slo)
+        app = create_app(self.config.server, self.config.engine, self._backend, self.config.slo)
+        app.include_router(rollout_routes.router)
+        return app
 
     def _backend(self) -> Backend:
-        """Runs in the app's loading thread: the tokenizer here, the model's facts from a replica."""
+        """Runs in the app's loading thread: the tokenizer here, the model's facts from a replica,
+        the rollout state from the store (an ingress that restarts picks a rollout up again)."""
+        from servewise.fleet.rollout_runtime import RolloutManager, RolloutStore
         from servewise.loading import load_tokenizer
 
-        router = fleet_router(ENGINE, RouterConfig(admission_mode=self.config.slo.admission_mode))
+        store = RolloutStore(state_store(self.config.app_name))
+        saved = store.load()
+        router_config = RouterConfig(admission_mode=self.config.slo.admission_mode)
+        baseline = EngineClient(self.config.app_name, saved.baseline, router_config)
         tokenizer = load_tokenizer(self.config.engine.model)
-        info = self.engine_handle.model_info.remote().result(timeout_s=1800)  # waits for a replica to load
-        return FleetBackend(tokenizer, info, router, self._send, self._reports,
-                            structured=self.config.engine.structured)
-
-    async def _send(self, req: ReplicaRequest) -> AsyncGenerator[ReplicaMessage, None]:
-        with _own_request_context():
-            stream: DeploymentResponseGenerator[Any] = self.engine_handle.options(stream=True).generate.remote(req)  # type: ignore[assignment]
-        finished = False
-        try:
-            async for msg in stream:
-                yield msg
-            finished = True
-        except RayTaskError as exc:
-            raise _replica_error(exc, req) from None
-        except (RayActorError, ActorUnavailableError, RayError) as exc:
-            raise ReplicaFailure(f"{type(exc).__name__}: {_first_line(exc)}",
-                                 fleet_router(ENGINE).replica_of(req.route.key)) from None
-        finally:
-            if not finished:
-                stream.cancel()  # the client left or a failure: the replica aborts and frees its blocks
-
-    async def _reports(self) -> list[ReplicaReport]:
-        calls = []
-        for replica_id in fleet_router(ENGINE).replica_ids:
-            with _own_request_context():
-                calls.append(self.engine_handle.report.remote(ReplicaCall(replica_id)))
-        done = await asyncio.gather(*(asyncio.wait_for(_awaited(c), REPORT_TIMEOUT_S) for c in calls),
-                                    return_exceptions=True)
-        reports = {r.replica: r for r in done if isinstance(r, ReplicaReport)}
-        return [reports[k] for k in sorted(reports)]
+        info = baseline.model_info()
+        backend = FleetBackend(tokenizer, info, baseline.target(), structured=self.config.engine.structured)
+        backend.rollout = RolloutManager(backend, self.config, store, RayDeployer(self.config, router_config), saved)
+        return backend
 
     async def drain(self, timeout_s: float) -> None:
         """503 for new requests, then wait (up to timeout_s) for those in flight to finish."""
@@ -159,21 +128,67 @@ class IngressDeployment:
         await drain(app.state.servewise, timeout_s)
 
 
-async def _awaited(response: Any) -> Any:
-    return await response
+class RayDeployer:
+    """Puts a model version on the cluster as its own engine application (the rollout's ``Deployer``)."""
+
+    def __init__(self, config: FleetConfig, router_config: RouterConfig) -> None:
+        self.config = config
+        self.router_config = router_config
+
+    def check_candidate(self, spec: RolloutSpec) -> EngineConfig:
+        from servewise.errors import ModelLoadError
+        from servewise.loading import load_tokenizer
+
+        if self.config.engine_from_argv is None:
+            raise ConfigError("this fleet was not started by `servewise serve`: it cannot build a candidate engine")
+        model = ["--model", spec.candidate.model] if spec.candidate.model else []
+        engine = self.config.engine_from_argv([*self.config.serve_argv, *model, *spec.candidate.engine_args])
+        try:
+            theirs = load_tokenizer(engine.model)
+        except ModelLoadError as exc:
+            raise ConfigError(f"rollout spec: candidate.model: {exc}") from None
+        ours = load_tokenizer(self.config.engine.model)
+        if _vocabulary(theirs) != _vocabulary(ours):
+            raise ConfigError("rollout spec: the candidate's tokenizer differs from the baseline's; the ingress "
+                              "tokenizes once for both, so a rollout needs one vocabulary (fine-tunes, "
+                              "quantizations and engine options roll out; another model family does not)")
+        return engine
+
+    def deploy(self, version: str, engine: EngineConfig, replicas: int) -> VersionTarget:
+        scaling = self.config.scaling
+        config = dataclasses.replace(self.config, engine=engine, num_replicas=replicas if scaling is None else
+                                     min(max(replicas, scaling.min_replicas), scaling.max_replicas))
+        name = engine_app_name(self.config.app_name, version)
+        serve._run(build_engine_app(config), name=name, route_prefix=None, _blocking=False)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while True:  # a version that cannot be placed or cannot load its model must not hang the API
+            app = serve.status().applications.get(name)
+            status = str(app.status) if app is not None else "NOT_STARTED"
+            if status.endswith("RUNNING"):
+                break
+            if status.endswith("DEPLOY_FAILED") or time.monotonic() > deadline:
+                message = (app.message if app is not None else "") or "not enough cluster resources?"
+                serve.delete(name)
+                raise ConfigError(f"the candidate version did not start ({status.split('.')[-1]}): "
+                                  f"{message.strip().splitlines()[0][:300]}")
+            time.sleep(1.0)
+        client = EngineClient(self.config.app_name, version, self.router_config)
+        client.model_info()
+        return client.target()
+
+    def attach(self, version: str) -> VersionTarget:
+        return EngineClient(self.config.app_name, version, self.router_config).target()
+
+    def delete(self, version: str) -> None:
+        serve.delete(engine_app_name(self.config.app_name, version))
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
-
-
-def _replica_error(exc: RayTaskError, req: ReplicaRequest) -> Exception:
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, ServiceUnavailableError):  # its engine is down: try another replica
-        return ReplicaFailure(cause.message, fleet_router(ENGINE).replica_of(req.route.key))
-    if isinstance(cause, ServeWiseError):
-        return cause
-    return EngineError(f"engine replica failed: {type(cause).__name__ if cause else 'error'}: {_first_line(exc)}")
+def _vocabulary(tokenizer: Any) -> tuple[int, tuple[int, ...], int]:
+    """What must match for one tokenization to serve two models: size, end tokens, every token's bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for i in range(tokenizer.vocab_size):
+        digest.update(tokenizer.token_bytes(i) + b"\x00")
+    return tokenizer.vocab_size, tuple(tokenizer.eos_token_ids), int.from_bytes(digest.digest(), "big")
 
 
 class SLOAutoscalingPolicy:
@@ -228,18 +243,29 @@ def _deployment(cls: type) -> Deployment:
     return serve.deployment(cls)  # type: ignore[return-value]  # the class form returns a Deployment
 
 
-def build_app(config: FleetConfig) -> Any:
-    """The Ray Serve application of a fleet (``serve.run(build_app(config))``)."""
-    engine = _deployment(EngineDeployment).options(**_engine_options(config)).bind(config)
+def build_engine_app(config: FleetConfig) -> Any:
+    """One version's engine application (``serve.run(..., name=engine_app_name(app, version))``)."""
+    return _deployment(EngineDeployment).options(**_engine_options(config)).bind(config)
+
+
+def build_ingress_app(config: FleetConfig) -> Any:
+    """The ingress application; it finds the engine applications by name."""
     ingress = _deployment(serve.ingress()(IngressDeployment)).options(
         name=INGRESS, num_replicas=1, ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=100_000, graceful_shutdown_timeout_s=config.slo.drain_timeout_s + 5)
-    return ingress.bind(engine, config)
+    return ingress.bind(config)
 
 
 def build(args: dict[str, Any]) -> Any:
-    """KubeRay / `serve run` entry point: ``args = {"cli_args": [...]}``, the flags of
-    `servewise serve --replicas`."""
+    """KubeRay / `serve run` entry point of the ingress: ``args = {"cli_args": [...]}``, the flags of
+    `servewise serve --replicas`. Deploy ``build_engine`` as the application ``<app>-v1`` beside it."""
     from servewise.cli import fleet_config_from_argv
 
-    return build_app(fleet_config_from_argv(list(args.get("cli_args", []))))
+    return build_ingress_app(fleet_config_from_argv(list(args.get("cli_args", []))))
+
+
+def build_engine(args: dict[str, Any]) -> Any:
+    """KubeRay / `serve run` entry point of the first engine version (the same ``cli_args``)."""
+    from servewise.cli import fleet_config_from_argv
+
+    return build_engine_app(fleet_config_from_argv(list(args.get("cli_args", []))))

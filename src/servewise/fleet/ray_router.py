@@ -54,7 +54,7 @@ class _FeedsFleetRouter:
     _routes: dict[str, tuple[ReplicaRequest, RouteReason]]
 
     def _attach(self, reason: RouteReason) -> None:
-        self.fleet = fleet_router(self._deployment_id.name)
+        self.fleet = fleet_router(f"{self._deployment_id.app_name}#{self._deployment_id.name}")
         self._routes = {}
         self._default_reason = reason
 

@@ -4,12 +4,14 @@ Per version, over the step so far: eligible requests n (served + failed + shed),
 within every target of their SLO class), errors (5xx, engine failures, lost replicas), shed
 (429), and p99 TTFT / TPOT of the served ones.
 
+- Nothing is judged worse before both versions have ``min_samples`` requests in the step.
 - Proportions, one-sided two-sample z-test at ``confidence`` against a tolerance d:
   attainment is worse when ``p_base - p_cand > d``; errors and sheds when ``p_cand - p_base > d``.
-  ``z = (diff - d) / sqrt(p_b (1 - p_b) / n_b + p_c (1 - p_c) / n_c)``; worse when z exceeds the
-  normal quantile of ``confidence`` (a zero variance counts as certain either way).
-- p99s (only with ``min_samples`` on both sides): worse when the candidate's TTFT or TPOT p99
-  exceeds ``p99_ratio_tolerance`` × the baseline's.
+  With Agresti-Caffo's adjustment (one success and one failure added to each side, so a small
+  all-or-nothing sample is never "certain"): ``p = (x + 1) / (n + 2)``,
+  ``z = (p_c - p_b - d) / sqrt(p_b (1 - p_b) / (n_b + 2) + p_c (1 - p_c) / (n_c + 2))``; worse when z
+  exceeds the normal quantile of ``confidence``.
+- p99s: worse when the candidate's TTFT or TPOT p99 exceeds ``p99_ratio_tolerance`` × the baseline's.
 
 Decision: any "worse" → ROLLBACK (at once, whatever the step's age); else PROMOTE once the step
 has lasted ``step_min_duration_s`` and the candidate served ``step_min_requests``; else EXTEND.
@@ -69,13 +71,8 @@ def worse_by(base_hits: int, base_n: int, cand_hits: int, cand_n: int, tolerance
     Returns (worse, z)."""
     if base_n == 0 or cand_n == 0:
         return False, 0.0
-    p_b, p_c = base_hits / base_n, cand_hits / cand_n
-    excess = p_c - p_b - tolerance
-    variance = p_b * (1 - p_b) / base_n + p_c * (1 - p_c) / cand_n
-    if variance == 0:
-        z = math.inf if excess > 0 else -math.inf
-    else:
-        z = excess / math.sqrt(variance)
+    p_b, p_c = (base_hits + 1) / (base_n + 2), (cand_hits + 1) / (cand_n + 2)
+    z = (p_c - p_b - tolerance) / math.sqrt(p_b * (1 - p_b) / (base_n + 2) + p_c * (1 - p_c) / (cand_n + 2))
     return z > NormalDist().inv_cdf(confidence), z
 
 
@@ -83,18 +80,19 @@ def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, s
              step_min_duration_s: float, step_min_requests: int) -> GateResult:
     findings: list[str] = []
     stats: dict[str, float] = {}
+    enough = base.num_requests >= cfg.min_samples and cand.num_requests >= cfg.min_samples
     # attainment: "missed" rates, so that higher is worse like the others
-    checks = (("missed SLO", base.num_requests - base.num_met, cand.num_requests - cand.num_met,
+    checks = () if not enough else (("missed SLO", base.num_requests - base.num_met, cand.num_requests - cand.num_met,
                cfg.attainment_tolerance),
               ("errors", base.num_errors, cand.num_errors, cfg.error_tolerance),
               ("shed", base.num_shed, cand.num_shed, cfg.shed_tolerance))
     for name, b_hits, c_hits, tol in checks:
         worse, z = worse_by(b_hits, base.num_requests, c_hits, cand.num_requests, tol, cfg.confidence)
-        stats[f"z_{name.replace(' ', '_')}"] = z
+        stats[f"z_{name.replace(' ', '_')}"] = round(z, 3)
         if worse:
             findings.append(f"{name}: {c_hits}/{cand.num_requests} on the candidate vs {b_hits}/{base.num_requests} "
                             f"on the baseline (z = {z:.2f} beyond +{tol:g})")
-    if base.num_requests >= cfg.min_samples and cand.num_requests >= cfg.min_samples:
+    if enough:
         for name, b, c in (("TTFT p99", base.ttft_p99_s, cand.ttft_p99_s), ("TPOT p99", base.tpot_p99_s,
                                                                             cand.tpot_p99_s)):
             if b is not None and c is not None and c > cfg.p99_ratio_tolerance * b:
@@ -103,7 +101,8 @@ def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, s
     figures = {"baseline": base.as_dict(), "candidate": cand.as_dict(), "step_age_s": round(step_age_s, 3), **stats}
     if findings:
         return GateResult(GateDecision.ROLLBACK, tuple(findings), figures)
-    missing = []
+    missing = [] if enough else [f"{min(base.num_requests, cand.num_requests)} of {cfg.min_samples} requests "
+                                 "on the version with fewer"]
     if step_age_s < step_min_duration_s:
         missing.append(f"the step is {step_age_s:.0f} s old of {step_min_duration_s:g} s")
     if cand.num_requests < step_min_requests:

@@ -16,7 +16,7 @@ analysis:
   error_tolerance: 0.01           # ... of error rate
   shed_tolerance: 0.05            # ... of shed rate
   p99_ratio_tolerance: 1.25       # TTFT / TPOT p99 up to this × the baseline's is "no worse"
-  min_samples: 20                 # per version before the gate may roll back on p99s
+  min_samples: 20                 # requests per version before the gate judges anything
 shadow:
   sample: 0.1                     # shadow: share of requests mirrored to the candidate
   duration: 5m                    # how long to mirror before the report is final
@@ -67,7 +67,7 @@ class AnalysisConfig:
     error_tolerance: float = 0.01  # error rate may be this much higher
     shed_tolerance: float = 0.05  # shed rate may be this much higher
     p99_ratio_tolerance: float = 1.25  # candidate p99 TTFT/TPOT ≤ this × the baseline's is "no worse"
-    min_samples: int = 20  # requests per version before p99s can roll back
+    min_samples: int = 20  # requests per version before the gate judges anything
 
     def __post_init__(self) -> None:
         _require(self.window_s > 0, "analysis.window must be positive")

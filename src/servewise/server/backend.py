@@ -70,8 +70,10 @@ class Backend(Protocol):
     async def compile_grammar(self, spec: GrammarSpec) -> CompileResult:
         """The output constraint compiled (cached); InvalidRequestError when it cannot be, or not in time."""
 
-    def admit(self, key: int, prompts: Sequence[Sequence[int]], slo_class: SLOClass) -> float:
-        """Predicted TTFT in seconds; raises OverloadedError (429) when the request is shed."""
+    def admit(self, key: int, prompts: Sequence[Sequence[int]], slo_class: SLOClass,
+              session: str | None = None) -> float:
+        """Predicted TTFT in seconds; raises OverloadedError (429) when the request is shed.
+        ``session``: what keeps a client on one version during a fleet's rollout (None: none given)."""
 
     def on_first_token(self, key: int, ttft_s: float) -> None: ...
 
@@ -129,7 +131,8 @@ class LocalBackend:
     async def compile_grammar(self, spec: GrammarSpec) -> CompileResult:
         return await self.engine.compile_grammar(spec)
 
-    def admit(self, key: int, prompts: Sequence[Sequence[int]], slo_class: SLOClass) -> float:
+    def admit(self, key: int, prompts: Sequence[Sequence[int]], slo_class: SLOClass,
+              session: str | None = None) -> float:
         # Prefill work the prefix cache already holds costs (almost) nothing: predict the rest.
         llm = self.engine.engine
         to_compute = sum(len(p) - llm.num_cached_prompt_tokens(p) for p in prompts)

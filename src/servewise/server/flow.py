@@ -32,6 +32,17 @@ def request_tenant(request: Request) -> Tenant:
     return tenant
 
 
+def session_key(request: Request, tenant: Tenant, user: str | None) -> str | None:
+    """What keeps one conversation on one model version during a rollout: the X-Session-Id header,
+    else the API key's tenant with the request's ``user`` field; None when there is neither."""
+    header = request.headers.get("x-session-id")
+    if header:
+        return f"session:{header}"
+    if tenant is ANONYMOUS and not user:
+        return None
+    return f"tenant:{tenant.name}|user:{user or ''}"
+
+
 def request_id(request: Request) -> str:
     rid: str = request.scope["state"]["request_id"]
     return rid
@@ -48,8 +59,9 @@ async def run_generation(request: Request, state: ServerState, valid: ValidGener
     slo_class = state.slo.classify(tenant, valid.priority or request.headers.get("x-slo-class"))
     reserved = reserved_tokens([len(p) for p in valid.prompts], valid.params.n, valid.params.max_tokens,
                                backend.model_info.max_model_len)
+    session = session_key(request, tenant, valid.user)
     ticket = state.slo.admit(tenant, slo_class, reserved,
-                             lambda key: backend.admit(key, valid.prompts, slo_class))
+                             lambda key: backend.admit(key, valid.prompts, slo_class, session))
     gen = _generation(backend, ticket, valid, request_id(request), arrival_s)
     try:
         await gen.start()
