@@ -168,7 +168,7 @@ def failover(out: Path, duration_s: float) -> None:
 
 def _kill_one_replica_after(delay_s: float) -> None:
     time.sleep(delay_s)
-    pids = subprocess.run(["pgrep", "-f", "ServeReplica:servewise:Engine"], capture_output=True, text=True).stdout
+    pids = subprocess.run(["pgrep", "-f", "ServeReplica:servewise-v[0-9]*:Engine"], capture_output=True, text=True).stdout
     if pids.split():
         os.kill(int(pids.split()[0]), signal.SIGKILL)
         print(f"killed replica process {pids.split()[0]}", flush=True)

@@ -195,7 +195,7 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
     return FleetConfig(engine=engine, server=server_config(args), slo=slo_settings(args), num_replicas=num_replicas,
                        scaling=scaling, num_cpus_per_replica=args.num_cpus_per_replica or float(threads),
                        num_gpus_per_replica=args.num_gpus_per_replica, ray_address=args.ray_address,
-                       router=args.router, serve_argv=tuple(getattr(args, "serve_argv", ())),
+                       router=args.router, serve_argv=tuple(getattr(args, "serve_argv", ())), log_level=args.log_level,
                        engine_from_argv=engine_config_from_serve_argv)
 
 

@@ -28,5 +28,5 @@ def stop_fleet(fleet: LiveServer, timeout_s: float = 90.0) -> int:
 
 def replica_pids() -> list[int]:
     """Process ids of the engine replicas (Ray names their workers after the deployment)."""
-    out = subprocess.run(["pgrep", "-f", "ServeReplica:servewise:Engine"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "ServeReplica:servewise-v[0-9]*:Engine"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]

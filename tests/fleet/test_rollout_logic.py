@@ -17,7 +17,7 @@ from servewise.fleet.rollout_window import Finished, RequestOutcome, RolloutReco
 from servewise.fleet.shadow import ShadowComparison, ShadowPair, agreement, on_candidate
 
 CFG = AnalysisConfig(window_s=10, confidence=0.95, attainment_tolerance=0.02, error_tolerance=0.01,
-                     shed_tolerance=0.05, p99_ratio_tolerance=1.25, min_samples=20)
+                     shed_tolerance=0.05, p99_ratio_tolerance=1.25, p99_min_delta_s=0.05, min_samples=20)
 
 
 class Clock:
@@ -50,6 +50,7 @@ analysis: {window: 5s, confidence: 0.9}
 
 @pytest.mark.parametrize("text, message", [
     ("steps: [1, 5, 50]", "end at 100"),
+    ("steps: [100]", "step below 100"),
     ("steps: [5, 1, 100]", "increase"),
     ("steps: [0, 100]", "share in"),
     ("steps: [50, 150]", "share in"),
@@ -83,6 +84,9 @@ def test_gate_rolls_back_on_errors_attainment_and_p99s():
     slow = good(40, tpot=0.35)  # +300 ms per step
     r = evaluate(base, slow, CFG, step_age_s=5, step_min_duration_s=60, step_min_requests=50)
     assert r.decision is GateDecision.ROLLBACK and any("TPOT p99" in x for x in r.reasons)
+    jitter = good(100, tpot=0.08)  # 1.6× but only +30 ms: noise on a fast model, not a regression
+    assert evaluate(base, jitter, CFG, step_age_s=5, step_min_duration_s=60,
+                    step_min_requests=50).decision is GateDecision.EXTEND
     missing = VersionWindow(num_requests=100, num_met=70, ttft_p99_s=0.2, tpot_p99_s=0.05)
     r = evaluate(base, missing, CFG, step_age_s=5, step_min_duration_s=60, step_min_requests=50)
     assert r.decision is GateDecision.ROLLBACK and any("missed SLO" in x for x in r.reasons)

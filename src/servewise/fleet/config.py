@@ -27,6 +27,7 @@ class FleetConfig:
     routing_stats_period_s: float = 0.5  # how often each replica publishes its stats to the routers
     flush_interval_s: float = 0.015  # replicas batch streamed outputs this long (Ray's per-message cost)
     app_name: str = "servewise"
+    log_level: str = "info"  # of ServeWise's own loggers in the ingress and the replicas
     # The `servewise serve` flags the fleet started with, and the CLI's own parser of them: a
     # rollout candidate's engine is these flags followed by the candidate's (later ones win).
     serve_argv: tuple[str, ...] = ()

@@ -175,6 +175,9 @@ class FleetBackend:
     def on_first_token(self, key: int, ttft_s: float) -> None:
         pass  # each engine request's router scores its own first token (``FleetCall``)
 
+    def served_by(self, key: int) -> str | None:
+        return self._version_of.get(key)
+
     def on_finished(self, key: int) -> None:
         self._version_of.pop(key, None)
 

@@ -47,10 +47,23 @@ INGRESS = "Ingress"
 DEPLOY_TIMEOUT_S = 600.0  # a rollout candidate that is not serving by then is refused
 
 
+def _setup_logging(level: str) -> None:
+    """ServeWise's loggers in a replica process print to stderr, which Ray forwards to the driver
+    (`servewise serve`'s output): decisions and warnings are seen where the fleet was started."""
+    root = logging.getLogger("servewise")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(getattr(logging, level.upper(), logging.INFO))
+        root.propagate = False
+
+
 class EngineDeployment:
     """One engine replica: loads the model, serves ``ReplicaRequest`` streams, publishes stats."""
 
     async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]  # Ray awaits it
+        _setup_logging(config.log_level)
         from servewise.engine.async_engine import AsyncEngine
         from servewise.engine.llm_engine import LLMEngine
 
@@ -94,6 +107,7 @@ class IngressDeployment:
     reaches each version's engine application by name (so a rollout can add and delete them)."""
 
     async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]
+        _setup_logging(config.log_level)
         self.config = config
 
     def __serve_build_asgi_app__(self) -> Any:

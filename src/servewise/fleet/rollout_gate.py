@@ -11,7 +11,9 @@ within every target of their SLO class), errors (5xx, engine failures, lost repl
   all-or-nothing sample is never "certain"): ``p = (x + 1) / (n + 2)``,
   ``z = (p_c - p_b - d) / sqrt(p_b (1 - p_b) / (n_b + 2) + p_c (1 - p_c) / (n_c + 2))``; worse when z
   exceeds the normal quantile of ``confidence``.
-- p99s: worse when the candidate's TTFT or TPOT p99 exceeds ``p99_ratio_tolerance`` × the baseline's.
+- p99s: worse when the candidate's TTFT or TPOT p99 exceeds ``p99_ratio_tolerance`` × the baseline's
+  and the baseline's by more than ``p99_min_delta_s`` (milliseconds of noise on a fast model are not
+  a regression).
 
 Decision: any "worse" → ROLLBACK (at once, whatever the step's age); else PROMOTE once the step
 has lasted ``step_min_duration_s`` and the candidate served ``step_min_requests``; else EXTEND.
@@ -95,9 +97,9 @@ def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, s
     if enough:
         for name, b, c in (("TTFT p99", base.ttft_p99_s, cand.ttft_p99_s), ("TPOT p99", base.tpot_p99_s,
                                                                             cand.tpot_p99_s)):
-            if b is not None and c is not None and c > cfg.p99_ratio_tolerance * b:
+            if b is not None and c is not None and c > cfg.p99_ratio_tolerance * b and c - b > cfg.p99_min_delta_s:
                 findings.append(f"{name}: {c * 1e3:.0f} ms on the candidate vs {b * 1e3:.0f} ms "
-                                f"(over {cfg.p99_ratio_tolerance:g}×)")
+                                f"(over {cfg.p99_ratio_tolerance:g}× and +{cfg.p99_min_delta_s * 1e3:g} ms)")
     figures = {"baseline": base.as_dict(), "candidate": cand.as_dict(), "step_age_s": round(step_age_s, 3), **stats}
     if findings:
         return GateResult(GateDecision.ROLLBACK, tuple(findings), figures)

@@ -27,6 +27,7 @@ from servewise.errors import ServeWiseError
 from servewise.fleet.fleet_call import VersionTarget
 from servewise.fleet.rollout_controller import Action, RolloutController, RolloutState
 from servewise.fleet.rollout_spec import RolloutMode, RolloutSpec
+from servewise.fleet.rollout_gate import VersionWindow
 from servewise.fleet.rollout_window import Finished, RolloutRecorder
 from servewise.fleet.shadow import ShadowComparison, ShadowPair, on_candidate
 from servewise.slo import MetricSample
@@ -117,6 +118,7 @@ class RolloutManager:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._num_logged = len(saved.rollout.decisions) if saved.rollout else 0  # logged before a restart
+        self._reference: VersionWindow | None = None  # the baseline's window of the step before
 
     # -- RolloutHooks (the ingress asks, per request) ------------------------------------------
     @property
@@ -180,8 +182,10 @@ class RolloutManager:
                 state.shadow_report = self.shadow.report()
                 action = self.controller.on_shadow_tick()
             else:
-                action = self.controller.on_window(self.recorder.window(state.baseline),
-                                                   self.recorder.window(state.candidate))
+                base = self.recorder.window(state.baseline)
+                if state.share >= 1.0 and self._reference is not None:
+                    base = self._reference  # at 100 % the baseline serves nobody: its last step stands in
+                action = self.controller.on_window(base, self.recorder.window(state.candidate))
             await self._apply(action)
 
     # -- the operator ---------------------------------------------------------------------------
@@ -223,6 +227,7 @@ class RolloutManager:
         state = self.controller.state
         self._log_new_decisions()
         if action is Action.NEXT_STEP:
+            self._reference = self.recorder.window(state.baseline)
             self.recorder.reset(time.time())
         retired = None
         if action is Action.PROMOTE_CANDIDATE:
@@ -231,11 +236,11 @@ class RolloutManager:
             self.saved.baseline = state.candidate
         elif action is Action.REMOVE_CANDIDATE:
             retired = state.candidate
+        if retired is not None:
+            self.fleet.remove_version(retired)  # new requests stop going there at once
         await self._persist()
         if retired is not None:
-            # New requests stop going there; Ray drains it: the requests in flight finish.
-            self.fleet.remove_version(retired)
-            await asyncio.to_thread(self.deployer.delete, retired)
+            await asyncio.to_thread(self.deployer.delete, retired)  # Ray drains it: requests in flight finish
 
     async def _persist(self) -> None:
         if self.controller is not None:

@@ -8,14 +8,16 @@ candidate:
   replicas: 1
 steps: [1, 5, 25, 50, 100]        # canary: candidate's share of traffic per step, %, ending at 100
 step_min_duration: 60s            # a step is never promoted sooner...
-step_min_requests: 50             # ...or on fewer candidate requests
+step_min_requests: 100            # ...or on fewer candidate requests (catching a 5 % error rate
+                                  #    reliably takes ~250: see the README)
 analysis:
   window: 10s                     # the gate runs at the end of every window (on the whole step so far)
   confidence: 0.95                # one-sided test: candidate worse at this confidence -> rollback
   attainment_tolerance: 0.02      # worse only beyond this many points of SLO attainment
   error_tolerance: 0.01           # ... of error rate
   shed_tolerance: 0.05            # ... of shed rate
-  p99_ratio_tolerance: 1.25       # TTFT / TPOT p99 up to this × the baseline's is "no worse"
+  p99_ratio_tolerance: 1.25       # TTFT / TPOT p99 up to this × the baseline's is "no worse",
+  p99_min_delta: 50ms             # and so is any p99 within this of the baseline's
   min_samples: 20                 # requests per version before the gate judges anything
 shadow:
   sample: 0.1                     # shadow: share of requests mirrored to the candidate
@@ -66,7 +68,8 @@ class AnalysisConfig:
     attainment_tolerance: float = 0.02  # SLO attainment may be this much lower without counting as worse
     error_tolerance: float = 0.01  # error rate may be this much higher
     shed_tolerance: float = 0.05  # shed rate may be this much higher
-    p99_ratio_tolerance: float = 1.25  # candidate p99 TTFT/TPOT ≤ this × the baseline's is "no worse"
+    p99_ratio_tolerance: float = 1.25  # candidate p99 TTFT/TPOT ≤ this × the baseline's is "no worse"...
+    p99_min_delta_s: float = 0.05  # ...and so is any p99 within this of the baseline's (a few ms are noise)
     min_samples: int = 20  # requests per version before the gate judges anything
 
     def __post_init__(self) -> None:
@@ -76,6 +79,7 @@ class AnalysisConfig:
             value = getattr(self, name)
             _require(0 <= value < 1, f"analysis.{name} must be in [0, 1), got {value}")
         _require(self.p99_ratio_tolerance >= 1, "analysis.p99_ratio_tolerance must be ≥ 1")
+        _require(self.p99_min_delta_s >= 0, "analysis.p99_min_delta must be ≥ 0")
         _require(self.min_samples >= 1, "analysis.min_samples must be ≥ 1")
 
 
@@ -85,7 +89,7 @@ class RolloutSpec:
     candidate: CandidateSpec = field(default_factory=CandidateSpec)
     steps: tuple[float, ...] = DEFAULT_STEPS  # % of traffic to the candidate, increasing, ending at 100
     step_min_duration_s: float = 60.0
-    step_min_requests: int = 50
+    step_min_requests: int = 100
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     shadow_sample: float = 0.1  # shadow: share of requests mirrored
     shadow_duration_s: float = 300.0  # shadow: how long to mirror
@@ -95,6 +99,8 @@ class RolloutSpec:
         _require(all(0 < s <= 100 for s in self.steps), f"every step must be a share in (0, 100], got {list(self.steps)}")
         _require(list(self.steps) == sorted(set(self.steps)), f"steps must increase, got {list(self.steps)}")
         _require(self.steps[-1] == 100, f"steps must end at 100 (the candidate takes all traffic), got {list(self.steps)}")
+        _require(self.mode is RolloutMode.SHADOW or len(self.steps) >= 2,
+                 "a canary needs a step below 100 (the last step is judged against the baseline's previous one)")
         _require(self.step_min_duration_s >= 0 and self.step_min_requests >= 0,
                  "step_min_duration and step_min_requests must be ≥ 0")
         _require(0 < self.shadow_sample <= 1, f"shadow.sample must be in (0, 1], got {self.shadow_sample}")
@@ -123,7 +129,7 @@ def rollout_spec_from_dict(data: Mapping[str, Any]) -> RolloutSpec:
     return RolloutSpec(
         mode=mode, candidate=candidate, steps=tuple(_number(s, "steps") for s in steps),
         step_min_duration_s=_duration(data, "step_min_duration", 60.0),
-        step_min_requests=_int(data, "step_min_requests", 50),
+        step_min_requests=_int(data, "step_min_requests", 100),
         analysis=_analysis(analysis),
         shadow_sample=_number(shadow.get("sample", 0.1), "shadow.sample"),
         shadow_duration_s=_duration(shadow, "duration", 300.0))
@@ -131,7 +137,7 @@ def rollout_spec_from_dict(data: Mapping[str, Any]) -> RolloutSpec:
 
 def _analysis(data: Mapping[str, Any]) -> AnalysisConfig:
     known = {"window", "confidence", "attainment_tolerance", "error_tolerance", "shed_tolerance",
-             "p99_ratio_tolerance", "min_samples"}
+             "p99_ratio_tolerance", "p99_min_delta", "min_samples"}
     unknown = sorted(set(data) - known)
     _require(not unknown, f"unknown analysis field(s) {unknown}; known: {sorted(known)}")
     d = AnalysisConfig()
@@ -144,6 +150,7 @@ def _analysis(data: Mapping[str, Any]) -> AnalysisConfig:
         shed_tolerance=_number(data.get("shed_tolerance", d.shed_tolerance), "analysis.shed_tolerance"),
         p99_ratio_tolerance=_number(data.get("p99_ratio_tolerance", d.p99_ratio_tolerance),
                                     "analysis.p99_ratio_tolerance"),
+        p99_min_delta_s=_duration(data, "p99_min_delta", d.p99_min_delta_s),
         min_samples=_int(data, "min_samples", d.min_samples))
 
 
@@ -169,6 +176,7 @@ def spec_to_dict(spec: RolloutSpec) -> dict[str, Any]:
             "analysis": {"window": f"{a.window_s}s", "confidence": a.confidence,
                          "attainment_tolerance": a.attainment_tolerance, "error_tolerance": a.error_tolerance,
                          "shed_tolerance": a.shed_tolerance, "p99_ratio_tolerance": a.p99_ratio_tolerance,
+                         "p99_min_delta": f"{a.p99_min_delta_s}s",
                          "min_samples": a.min_samples},
             "shadow": {"sample": spec.shadow_sample, "duration": f"{spec.shadow_duration_s}s"}}
 

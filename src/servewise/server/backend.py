@@ -77,6 +77,9 @@ class Backend(Protocol):
 
     def on_first_token(self, key: int, ttft_s: float) -> None: ...
 
+    def served_by(self, key: int) -> str | None:
+        """The model version an admitted request goes to (a fleet's; None for one engine)."""
+
     def on_finished(self, key: int) -> None:
         """The request ended, however (call exactly once, in a finally)."""
 
@@ -145,6 +148,9 @@ class LocalBackend:
 
     def on_first_token(self, key: int, ttft_s: float) -> None:
         self.admission.on_first_token(key, ttft_s)
+
+    def served_by(self, key: int) -> str | None:
+        return None
 
     def on_finished(self, key: int) -> None:
         self.admission.on_finished(key)

@@ -72,6 +72,9 @@ async def run_generation(request: Request, state: ServerState, valid: ValidGener
     formatter = state.formatter if valid.want_logprobs else None
     created = int(time.time())
     headers = {"X-Request-Id": gen.request_id}
+    version = backend.served_by(ticket.key)
+    if version is not None:  # a fleet: which model version answers (sticky per session in a rollout)
+        headers["X-ServeWise-Version"] = version
     if valid.stream:
         async def body() -> Any:
             status = "ok"
