@@ -176,6 +176,26 @@ async def _one(fleet, slo_class: str) -> dict:
         return await _stream(c, "calm", 2, slo_class)
 
 
+def test_a_shadow_on_the_fp32_backend_agrees_less_than_the_same_version_does(fleet, http):
+    """Identical versions agree 100 % (tests/fleet/test_rollout_e2e.py); fp32 against auto must not."""
+    spec = {"mode": "shadow", "shadow": {"sample": 1.0, "duration": 300},
+            "candidate": {"engine_args": ["--linear-backend", "fp32"]}}
+    assert http.post("/v1/admin/rollout", json=spec).status_code == 201
+    prompts = [f"Write a short poem about the number {i} and the sea." for i in range(16)]
+    for prompt in prompts:
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 64, "temperature": 0}
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        report = http.get("/v1/admin/rollout").json()["shadow"]
+        if report["greedy"]["num"] >= len(prompts):
+            break
+        time.sleep(1)
+    assert report["greedy"]["num"] == len(prompts) and report["candidate_error_rate"] == 0
+    assert report["greedy"]["token_agreement"] < 1.0, report  # int8 and fp32 weights part ways somewhere
+    assert http.post("/v1/admin/rollout/abort").json()["rollout"]["phase"] == "aborted"
+
+
 def test_killing_a_replica_under_load_fails_no_request_that_had_not_started(fleet, http):
     pids = replica_pids()
     assert len(pids) == 2

@@ -27,7 +27,8 @@ REQUIRED = SERVER_METRICS | {
     "servewise:tenant_cost_dollars_total", "servewise:tenant_prompt_tokens_total",
     "servewise:tenant_completion_tokens_total", "servewise:router_requests_total",
     "servewise:router_prefix_hit_ratio", "servewise:router_predicted_ttft_error_seconds",
-    "servewise:fleet_replicas", "servewise:router_failovers_total",
+    "servewise:fleet_replicas", "servewise:router_failovers_total", "servewise:rollout_traffic_ratio",
+    "servewise:rollout_slo_attainment_ratio", "servewise:rollout_decisions_total",
 }
 METRIC = re.compile(r"servewise:[A-Za-z0-9_:]+")
 
@@ -58,7 +59,27 @@ def fleet_metric_names() -> set[str]:
     router.on_routed(req, "a", RouteReason.LOAD)
     router.on_first_token("k", 0.5, 0)
     backend = FleetBackend(None, None, VersionTarget("v1", router, None, None))  # type: ignore[arg-type]
-    return {s.name for s in backend.metric_samples()}
+    return {s.name for s in backend.metric_samples()} | rollout_metric_names()
+
+
+def rollout_metric_names() -> set[str]:
+    """Names a fleet's rollout yields while a canary runs with traffic on both versions."""
+    import time
+
+    from servewise.fleet.rollout_controller import RolloutController
+    from servewise.fleet.rollout_runtime import RolloutManager, RolloutStore, SavedState
+    from servewise.fleet.rollout_spec import rollout_spec_from_dict
+    from servewise.fleet.rollout_window import Finished, RequestOutcome
+    from servewise.fleet.shadow import ShadowPair
+
+    saved = SavedState()
+    manager = RolloutManager(None, None, RolloutStore(None), None, saved)  # type: ignore[arg-type]
+    manager.controller = RolloutController.start("r", rollout_spec_from_dict({"steps": [50, 100]}), "v1", "v2")
+    manager._log_new_decisions()
+    for version in ("v1", "v2"):
+        manager.on_finished(Finished(time.time() + 1, version, RequestOutcome.SERVED, True, 0.1, 0.01))
+    manager.on_mirrored(ShadowPair(True, [1], [1], 0.1, 0.1, 0.01, 0.01))
+    return {s.name for s in manager.metric_samples()}
 
 
 @pytest.fixture(scope="module")
