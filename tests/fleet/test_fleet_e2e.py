@@ -188,10 +188,11 @@ def test_a_shadow_on_the_fp32_backend_agrees_less_than_the_same_version_does(fle
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         report = http.get("/v1/admin/rollout").json()["shadow"]
-        if report["greedy"]["num"] >= len(prompts):
+        if report["num_mirrored"] + report["num_skipped"] >= len(prompts):
             break
         time.sleep(1)
-    assert report["greedy"]["num"] == len(prompts) and report["candidate_error_rate"] == 0
+    # A slower candidate sheds some mirrors (mirroring goes first under load): enough must remain.
+    assert report["greedy"]["num"] >= 3 and report["candidate_error_rate"] == 0, report
     assert report["greedy"]["token_agreement"] < 1.0, report  # int8 and fp32 weights part ways somewhere
     assert http.post("/v1/admin/rollout/abort").json()["rollout"]["phase"] == "aborted"
 

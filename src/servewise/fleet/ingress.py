@@ -22,6 +22,7 @@ turns Ray's errors into ``ReplicaFailure``. ``fleet_call.py`` is one request's w
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from servewise.loading.tokenizer import Tokenizer
 from servewise.server.backend import CallContext, ReplicaReport
 from servewise.slo import MetricSample, SLOClass
 from servewise.types import FinishReason, GrammarSpec, RequestOutput, SamplingParams
+
+logger = logging.getLogger("servewise.fleet")
 
 __all__ = ["FleetBackend", "IngressSettings", "ReplicaFailure", "RolloutHooks", "VersionTarget"]
 
@@ -270,7 +273,11 @@ async def run_shadow(fleet: FleetBackend, user_call: FleetCall, target: VersionT
         await shadow.accept()
         async for _ in shadow.outputs():
             pass
-    except Exception:  # the mirrored request failed: recorded as the candidate's error, never the user's
+    except OverloadedError:  # the candidate shed it: mirroring is the first thing to go under load
+        fleet.rollout.on_mirrored(None)
+        return
+    except Exception as exc:  # the mirrored request failed: the candidate's error, never the user's
+        logger.warning("shadow request %s failed on %s: %s", shadow.request_id, target.name, exc)
         shadow.outcome = RequestOutcome.ERROR
     finally:
         await shadow.close()

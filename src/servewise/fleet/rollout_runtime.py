@@ -26,8 +26,8 @@ from servewise.config import ConfigError, EngineConfig
 from servewise.errors import ServeWiseError
 from servewise.fleet.fleet_call import VersionTarget
 from servewise.fleet.rollout_controller import Action, RolloutController, RolloutState
-from servewise.fleet.rollout_spec import RolloutMode, RolloutSpec
 from servewise.fleet.rollout_gate import VersionWindow
+from servewise.fleet.rollout_spec import RolloutMode, RolloutSpec
 from servewise.fleet.rollout_window import Finished, RolloutRecorder
 from servewise.fleet.shadow import ShadowComparison, ShadowPair, on_candidate
 from servewise.slo import MetricSample
