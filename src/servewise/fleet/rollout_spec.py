@@ -166,19 +166,20 @@ def rollout_spec_from_text(text: str) -> RolloutSpec:
 
 
 def spec_to_dict(spec: RolloutSpec) -> dict[str, Any]:
-    """The inverse of rollout_spec_from_dict (what the state store and the status report keep)."""
+    """The inverse of rollout_spec_from_dict (what the state store and the status report keep);
+    durations in seconds."""
     a = spec.analysis
     return {"mode": spec.mode.value,
             "candidate": {"model": spec.candidate.model, "engine_args": list(spec.candidate.engine_args),
                           "replicas": spec.candidate.replicas},
-            "steps": list(spec.steps), "step_min_duration": f"{spec.step_min_duration_s}s",
+            "steps": list(spec.steps), "step_min_duration": spec.step_min_duration_s,
             "step_min_requests": spec.step_min_requests,
-            "analysis": {"window": f"{a.window_s}s", "confidence": a.confidence,
+            "analysis": {"window": a.window_s, "confidence": a.confidence,
                          "attainment_tolerance": a.attainment_tolerance, "error_tolerance": a.error_tolerance,
                          "shed_tolerance": a.shed_tolerance, "p99_ratio_tolerance": a.p99_ratio_tolerance,
-                         "p99_min_delta": f"{a.p99_min_delta_s}s",
+                         "p99_min_delta": a.p99_min_delta_s,
                          "min_samples": a.min_samples},
-            "shadow": {"sample": spec.shadow_sample, "duration": f"{spec.shadow_duration_s}s"}}
+            "shadow": {"sample": spec.shadow_sample, "duration": spec.shadow_duration_s}}
 
 
 def _mapping(value: Any, name: str) -> Mapping[str, Any]:
