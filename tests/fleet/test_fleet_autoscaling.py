@@ -3,14 +3,12 @@ with no admitted request failing on the way (a small random model stands in for 
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 
 import httpx
 import pytest
 
-from tests.fleet.conftest import replica_pids, start_fleet, stop_fleet
+from tests.fleet.conftest import StreamingLoad, replica_pids, start_fleet, stop_fleet
 from tests.server.conftest import metric_value
 
 pytestmark = pytest.mark.slow
@@ -27,39 +25,9 @@ def _accepting(http: httpx.Client) -> int:
     return int(metric_value(http.get("/metrics").text, "servewise:fleet_replicas", state="accepting"))
 
 
-class Load:
-    """Streaming clients in threads; records every outcome."""
-
-    def __init__(self, base_url: str, num_clients: int, max_tokens: int, pause_s: float = 0.0) -> None:
-        self.base_url, self.max_tokens, self.pause_s = base_url, max_tokens, pause_s
-        self.stop = threading.Event()
-        self.results: list[tuple[int, bool, str | None]] = []  # (status, finished, error)
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(num_clients)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
-
-    def _client(self, i: int) -> None:
-        body = {"prompt": f"client {i} " + "word " * 100, "max_tokens": self.max_tokens, "ignore_eos": True,
-                "stream": True}
-        with httpx.Client(base_url=self.base_url, timeout=120) as c:
-            while not self.stop.is_set():
-                finished, error = False, None
-                with c.stream("POST", "/v1/completions", json=body) as r:
-                    for line in r.iter_lines():
-                        if line.startswith("data: {"):
-                            chunk = json.loads(line[6:])
-                            error = chunk.get("error", {}).get("message") if "error" in chunk else error
-                            finished = finished or any(ch["finish_reason"] for ch in chunk.get("choices", []))
-                    self.results.append((r.status_code, finished, error))
-                self.stop.wait(self.pause_s)
+def _bodies(num_clients: int, max_tokens: int) -> dict[str, dict]:
+    return {f"c{i}": {"prompt": f"client {i} " + "word " * 100, "max_tokens": max_tokens, "ignore_eos": True}
+            for i in range(num_clients)}
 
 
 def test_scales_up_under_load_and_back_down_after_with_no_failed_request(tmp_path_factory, tiny_dirs):
@@ -67,21 +35,20 @@ def test_scales_up_under_load_and_back_down_after_with_no_failed_request(tmp_pat
     try:
         with httpx.Client(base_url=fleet.base_url, timeout=60) as http:
             assert _accepting(http) == 1
-            with Load(fleet.base_url, num_clients=16, max_tokens=200) as load:
+            with StreamingLoad(fleet.base_url, _bodies(16, 200)) as load:
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline and _accepting(http) < 2:
                     time.sleep(1)
                 assert _accepting(http) == 2, fleet.log()[-4000:]
                 time.sleep(3)  # both replicas serve the load for a while
             # A trickle keeps running across the scale-down: the replica that goes drains it.
-            with Load(fleet.base_url, num_clients=1, max_tokens=60, pause_s=0.3) as trickle:
+            with StreamingLoad(fleet.base_url, _bodies(1, 60), pause_s=0.3) as trickle:
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline and len(replica_pids()) > 1:
                     time.sleep(1)
                 assert len(replica_pids()) == 1 and _accepting(http) == 1, fleet.log()[-4000:]
-            outcomes = load.results + trickle.results
-            assert outcomes and all(status == 200 and finished and error is None
-                                    for status, finished, error in outcomes), outcomes
+            outcomes = load.outcomes + trickle.outcomes
+            assert outcomes and all(o.status == 200 and o.finished and o.error is None for o in outcomes), outcomes
             assert "Using custom autoscaling policy 'servewise.fleet.ray_app.SLOAutoscalingPolicy'" in fleet.log()
     finally:
         assert stop_fleet(fleet) == 0

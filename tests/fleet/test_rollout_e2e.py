@@ -15,7 +15,7 @@ from collections import defaultdict
 import httpx
 import pytest
 
-from tests.fleet.conftest import start_fleet, stop_fleet
+from tests.fleet.conftest import Outcome, StreamingLoad, start_fleet, stop_fleet
 from tests.server.conftest import metric_value
 
 pytestmark = pytest.mark.slow
@@ -52,36 +52,11 @@ def admin(fleet):
         yield Admin(c)
 
 
-class Load:
-    """Sessions sending short completions in a loop; records (session, version, outcome) per request."""
-
-    def __init__(self, base_url: str, num_sessions: int = 6, max_tokens: int = 8) -> None:
-        self.base_url, self.max_tokens = base_url, max_tokens
-        self.stop = threading.Event()
-        self.records: list[tuple[str, str | None, int, bool]] = []  # session, version, status, finished
-        self.threads = [threading.Thread(target=self._session, args=(f"s{i}",), daemon=True)
-                        for i in range(num_sessions)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
-
-    def _session(self, session: str) -> None:
-        body = {"prompt": f"{session} says hello", "max_tokens": self.max_tokens, "temperature": 0, "stream": True}
-        with httpx.Client(base_url=self.base_url, timeout=120, headers={"x-session-id": session}) as c:
-            while not self.stop.is_set():
-                finished = False
-                with c.stream("POST", "/v1/completions", json=body) as r:
-                    for line in r.iter_lines():
-                        if line.startswith("data: {") and '"finish_reason":"' in line.replace(" ", ""):
-                            finished = True
-                    self.records.append((session, r.headers.get("x-servewise-version"), r.status_code, finished))
+def sessions(base_url: str, num_sessions: int = 6, max_tokens: int = 8) -> StreamingLoad:
+    """Sessions (X-Session-Id) sending short greedy completions in a loop."""
+    bodies = {f"s{i}": {"prompt": f"s{i} says hello", "max_tokens": max_tokens, "temperature": 0}
+              for i in range(num_sessions)}
+    return StreamingLoad(base_url, bodies, session_header=True)
 
 
 def wait_for(admin: Admin, phases: set[str], timeout_s: float = 180) -> dict:
@@ -109,7 +84,7 @@ def test_bad_specs_are_refused_before_any_traffic_moves(admin):
 
 
 def test_a_slow_canary_is_rolled_back_within_two_windows_of_enough_evidence(fleet, admin):
-    with Load(fleet.base_url) as load:
+    with sessions(fleet.base_url) as load:
         time.sleep(2)
         started = admin.post("", json=canary(["--fault-step-delay-ms", "300"], [25, 50, 100]))
         assert started.status_code == 201, started.text
@@ -120,12 +95,12 @@ def test_a_slow_canary_is_rolled_back_within_two_windows_of_enough_evidence(flee
               and min(d["figures"]["candidate"]["requests"], d["figures"]["baseline"]["requests"]) >= WINDOW["min_samples"]]
     assert judged[-1]["decision"] == "rollback" and len(judged) <= 2, judged
     assert any("p99" in r or "missed SLO" in r for r in judged[-1]["reasons"])
-    to_candidate = sum(1 for _, v, *_ in load.records if v not in (None, "v1"))
-    assert 0 < to_candidate / len(load.records) < 0.5
+    to_candidate = sum(1 for o in load.outcomes if o.version not in (None, "v1"))
+    assert 0 < to_candidate / len(load.outcomes) < 0.5
 
 
 def test_a_failing_canary_is_rolled_back(fleet, admin):
-    with Load(fleet.base_url, num_sessions=8, max_tokens=4):
+    with sessions(fleet.base_url, num_sessions=8, max_tokens=4):
         time.sleep(1)
         # 5 % failures against a 1 % tolerance: ~250 requests make it significant (README's table)
         assert admin.post("", json=canary(["--fault-fail-ratio", "0.05"], [50, 100], step_min_requests=400,
@@ -137,12 +112,12 @@ def test_a_failing_canary_is_rolled_back(fleet, admin):
 
 def test_sessions_stick_to_one_version_and_a_good_canary_becomes_the_baseline(fleet, admin):
     long_body = {"prompt": "a long story", "max_tokens": 400, "ignore_eos": True}
-    with Load(fleet.base_url) as load, httpx.Client(base_url=fleet.base_url, timeout=300) as c:
+    with sessions(fleet.base_url) as load, httpx.Client(base_url=fleet.base_url, timeout=300) as c:
         assert admin.post("", json=canary([], [50, 100])).status_code == 201
         status = wait_for(admin, {"running"})
-        in_flight = threading.Thread(target=lambda: load.records.append(
-            ("long", None, (r := c.post("/v1/completions", json=long_body)).status_code,
-             r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length")))
+        in_flight = threading.Thread(target=lambda: load.outcomes.append(Outcome(
+            "long", None, (r := c.post("/v1/completions", json=long_body)).status_code,
+            r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length", None)))
         in_flight.start()
         wait_for(admin, {"promoted"}, timeout_s=300)
         time.sleep(2)
@@ -150,11 +125,11 @@ def test_sessions_stick_to_one_version_and_a_good_canary_becomes_the_baseline(fl
     status = admin.get("").json()
     new = status["rollout"]["candidate"]
     assert status["baseline"] == new and status["versions"] == [new]  # the old version is gone, drained
-    assert all(st == 200 and done for _, _, st, done in load.records), [r for r in load.records if r[2] != 200]
+    assert all(o.status == 200 and o.finished for o in load.outcomes), [o for o in load.outcomes if o.status != 200]
     versions_per_session: dict[str, set[str]] = defaultdict(set)
-    for session, version, _, _ in load.records:
-        if version is not None:
-            versions_per_session[session].add(version)
+    for o in load.outcomes:
+        if o.version is not None:
+            versions_per_session[o.client].add(o.version)
     # Sticky: within the 50 % step a session never changed version (it may move once, at promotion).
     assert all(len(v) <= 2 for v in versions_per_session.values())
 
@@ -164,12 +139,12 @@ def test_a_shadow_of_an_identical_version_agrees_and_is_never_billed(fleet, admi
     slo_before = metric_value(httpx.get(fleet.base_url + "/metrics").text, "servewise:time_to_first_token_seconds_count",
                               replica="fleet")
     assert admin.post("", json={"mode": "shadow", "shadow": {"sample": 1.0, "duration": 8}}).status_code == 201
-    with Load(fleet.base_url, num_sessions=3) as load:
+    with sessions(fleet.base_url, num_sessions=3) as load:
         status = wait_for(admin, {"completed"}, timeout_s=120)
     report = status["rollout"]["shadow_report"]
     assert report["num_mirrored"] >= 5 and report["greedy"]["exact_match_rate"] == 1.0
     assert report["greedy"]["token_agreement"] == 1.0
-    sent = len(load.records)
+    sent = len(load.outcomes)
     usage_after = httpx.get(fleet.base_url + "/v1/usage").json()
     assert _requests(usage_after) - _requests(usage_before) == sent  # mirrored requests billed to nobody
     slo_after = metric_value(httpx.get(fleet.base_url + "/metrics").text, "servewise:time_to_first_token_seconds_count",

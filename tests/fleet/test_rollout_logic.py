@@ -108,6 +108,21 @@ def test_gate_extends_until_the_minimums_then_promotes():
                     step_min_requests=0).decision is GateDecision.EXTEND
 
 
+def test_the_100_percent_step_judges_slo_figures_not_load_bound_p99s():
+    # at 100 % the candidate carries the whole load; the baseline's previous step carried a share
+    loaded = good(100, ttft=0.6)  # 3× the p99 of the reference, yet every request met its SLO
+    kwargs = dict(step_age_s=61, step_min_duration_s=60, step_min_requests=50)
+    assert evaluate(good(400), loaded, CFG, **kwargs).decision is GateDecision.ROLLBACK
+    assert evaluate(good(400), loaded, CFG, compare_p99=False, **kwargs).decision is GateDecision.PROMOTE
+    missing = VersionWindow(num_requests=100, num_met=70, ttft_p99_s=0.6, tpot_p99_s=0.05)
+    assert evaluate(good(400), missing, CFG, compare_p99=False, **kwargs).decision is GateDecision.ROLLBACK
+    c, clock = canary((50, 100))
+    clock.t += 11
+    assert c.on_window(good(200), good(30)) is Action.NEXT_STEP and c.state.share == 1.0
+    clock.t += 11
+    assert c.on_window(good(200), good(30, ttft=0.9)) is Action.PROMOTE_CANDIDATE
+
+
 # -- state machine --------------------------------------------------------------------------
 def canary(steps=(10, 50, 100)):
     spec = rollout_spec_from_dict({"steps": list(steps), "step_min_duration": 10, "step_min_requests": 20})

@@ -71,6 +71,26 @@ class _FeedsFleetRouter:
         if isinstance(req, ReplicaRequest) and pending is not None:
             self._routes[pending.metadata.internal_request_id] = (req, reason)
 
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)  # type: ignore[misc]  # the Ray router after this mixin
+        self._publish(replicas)
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
+                          result: ReplicaResult) -> None:
+        super().on_request_routed(pending_request, replica_id, result)  # type: ignore[misc]
+        self._routed(pending_request, replica_id)
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        """Ray's own routers: theirs, except for calls aimed at one replica."""
+        req = _payload(pending_request)
+        if isinstance(req, ReplicaCall) and candidate_replicas:
+            _back_off_when_refused(pending_request)
+            return self._targeted(candidate_replicas, req)
+        ranks: list[list[RunningReplica]] = await super().choose_replicas(  # type: ignore[misc]
+            candidate_replicas, pending_request)
+        return ranks
+
     def _routed(self, pending: PendingRequest, replica_id: ReplicaID) -> None:
         entry = self._routes.pop(pending.metadata.internal_request_id, None)
         req = _payload(pending)
@@ -82,10 +102,6 @@ class _FeedsFleetRouter:
 class SLORouter(_FeedsFleetRouter, RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
         self._attach(RouteReason.LOAD)
-
-    def update_replicas(self, replicas: list[RunningReplica]) -> None:
-        super().update_replicas(replicas)
-        self._publish(replicas)
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
@@ -104,10 +120,6 @@ class SLORouter(_FeedsFleetRouter, RequestRouter):
         self._remember(pending_request, reason)
         return [[by_id[rid]] for rid in order]
 
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
-                          result: ReplicaResult) -> None:
-        self._routed(pending_request, replica_id)
-
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self.fleet.remove_replica(replica_id.unique_id)
@@ -120,22 +132,6 @@ class PowerOfTwoRouter(_FeedsFleetRouter, PowerOfTwoChoicesRequestRouter):
         super().initialize_state(**kwargs)
         self._attach(RouteReason.LOAD)
 
-    def update_replicas(self, replicas: list[RunningReplica]) -> None:
-        super().update_replicas(replicas)
-        self._publish(replicas)
-
-    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
-                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
-        req = _payload(pending_request)
-        if isinstance(req, ReplicaCall) and candidate_replicas:
-            _back_off_when_refused(pending_request)
-            return self._targeted(candidate_replicas, req)
-        return await super().choose_replicas(candidate_replicas, pending_request)
-
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
-                          result: ReplicaResult) -> None:
-        super().on_request_routed(pending_request, replica_id, result)
-        self._routed(pending_request, replica_id)
 
 # Import paths (Ray imports the class in the process that holds the handle); the prefix-tree
 # router pulls in ray.llm, so it is imported only when chosen.

@@ -111,7 +111,8 @@ class RolloutController:
             return Action.NONE
         now = self._clock()
         result = evaluate(base, cand, s.spec.analysis, step_age_s=now - s.step_started_s,
-                          step_min_duration_s=s.spec.step_min_duration_s, step_min_requests=s.spec.step_min_requests)
+                          step_min_duration_s=s.spec.step_min_duration_s, step_min_requests=s.spec.step_min_requests,
+                          compare_p99=s.share < 1.0)
         if result.decision is GateDecision.ROLLBACK:
             return self._end(RolloutPhase.ROLLED_BACK, "rollback", list(result.reasons), result.figures)
         if result.decision is GateDecision.EXTEND:

@@ -13,7 +13,9 @@ within every target of their SLO class), errors (5xx, engine failures, lost repl
   exceeds the normal quantile of ``confidence``.
 - p99s: worse when the candidate's TTFT or TPOT p99 exceeds ``p99_ratio_tolerance`` × the baseline's
   and the baseline's by more than ``p99_min_delta_s`` (milliseconds of noise on a fast model are not
-  a regression).
+  a regression). Not at the 100 % step: the candidate then carries the whole load, and its p99s
+  against the baseline's previous step (a share of that load) would measure the load, not the
+  version; attainment, errors and sheds are relative to the SLO and stay comparable.
 
 Decision: any "worse" → ROLLBACK (at once, whatever the step's age); else PROMOTE once the step
 has lasted ``step_min_duration_s`` and the candidate served ``step_min_requests``; else EXTEND.
@@ -79,7 +81,7 @@ def worse_by(base_hits: int, base_n: int, cand_hits: int, cand_n: int, tolerance
 
 
 def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, step_age_s: float,
-             step_min_duration_s: float, step_min_requests: int) -> GateResult:
+             step_min_duration_s: float, step_min_requests: int, compare_p99: bool = True) -> GateResult:
     findings: list[str] = []
     stats: dict[str, float] = {}
     enough = base.num_requests >= cfg.min_samples and cand.num_requests >= cfg.min_samples
@@ -94,7 +96,7 @@ def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, s
         if worse:
             findings.append(f"{name}: {c_hits}/{cand.num_requests} on the candidate vs {b_hits}/{base.num_requests} "
                             f"on the baseline (z = {z:.2f} beyond +{tol:g})")
-    if enough:
+    if enough and compare_p99:
         for name, b, c in (("TTFT p99", base.ttft_p99_s, cand.ttft_p99_s), ("TPOT p99", base.tpot_p99_s,
                                                                             cand.tpot_p99_s)):
             if b is not None and c is not None and c > cfg.p99_ratio_tolerance * b and c - b > cfg.p99_min_delta_s:
