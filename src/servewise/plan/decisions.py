@@ -77,7 +77,7 @@ def pareto_front(points: Sequence[Sequence[float | None]], maximize: Sequence[bo
     as good on every objective and better on one."""
 
     def key(values: Sequence[float | None]) -> list[float]:
-        return [(-math.inf if v is None else v) if up else (math.inf if v is None else -v)
+        return [-math.inf if v is None else (v if up else -v)
                 for v, up in zip(values, maximize, strict=True)]  # larger is better on every axis
 
     keyed = [key(p) for p in points]

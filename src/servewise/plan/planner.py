@@ -43,8 +43,9 @@ def _latency(metric: str, stat: str) -> Callable[[PointSummary], float | None]:
     return lambda s: s.latency(metric).get(stat)
 
 
+LATENCY_FIGURES = tuple(f"{m}_{p}_s" for m in ("ttft", "tpot", "itl", "e2e") for p in ("p50", "p90", "p99"))
 FIGURES: dict[str, Callable[[PointSummary], float | None]] = {
-    **{f"{m}_{p}_s": _latency(m, p) for m in ("ttft", "tpot", "itl", "e2e") for p in ("p50", "p90", "p99")},
+    **{name: _latency(*name.split("_")[:2]) for name in LATENCY_FIGURES},
     "throughput_rps": lambda s: s.request_throughput_per_s,
     "output_tokens_per_s": lambda s: s.output_tokens_per_s,
     "goodput_rps": lambda s: s.goodput_per_s,

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servewise.bench.report import fmt_ms, fmt_num
-from servewise.plan.planner import FIGURES, Plan, PointPrediction
+from servewise.plan.planner import FIGURES, LATENCY_FIGURES, Plan, PointPrediction
 
 SCHEMA_VERSION = 1
 TOOL_NAME = "servewise-plan"
@@ -65,7 +65,8 @@ def point_rows(plan: Plan, has_slo: bool) -> list[list[str]]:
 
 def _interval(p: PointPrediction, name: str) -> str:
     value, interval = p.figures[name], p.intervals.get(name)
-    scale, fmt = (1e3, "{:.0f}") if name.endswith("_s") else ((100.0, "{:.1f}") if name == "attainment" else (1, "{:.2f}"))
+    scale, fmt = (1e3, "{:.0f}") if name in LATENCY_FIGURES else (
+        (100.0, "{:.1f}") if name == "attainment" else (1, "{:.2f}"))
     if value is None or interval is None:
         return "-"
     return f"{fmt.format(value * scale)} [{fmt.format(interval[0] * scale)}–{fmt.format(interval[1] * scale)}]"

@@ -68,10 +68,9 @@ class _Flight:
 class Replica:
     """One engine: the engine's scheduler, KV cache and admission, and what it last published."""
 
-    def __init__(self, index: int, spec: EngineSpec, slo_class: SLOClass, admission: bool, sim: FleetSimulator
-                 ) -> None:
+    def __init__(self, index: int, spec: EngineSpec, num_blocks: int, admission: bool, sim: FleetSimulator) -> None:
         self.index = index
-        self.kv = KVCacheManager(spec.num_blocks, spec.block_size, spec.enable_prefix_caching)
+        self.kv = KVCacheManager(num_blocks, spec.block_size, spec.enable_prefix_caching)
         self.scheduler = Scheduler(spec.scheduler, self.kv, clock=sim.clock)
         mode = AdmissionMode.ENFORCE if admission else AdmissionMode.OBSERVE
         self.admission = AdmissionController(AdmissionConfig.for_scheduler(spec.scheduler, mode=mode),
@@ -167,6 +166,20 @@ class _Clients:
         return _Flight(index, now, now, warmup)
 
 
+def _blocks_ever_needed(workload: PointWorkload, load: LoadConfig, block_size: int) -> int:
+    """More KV blocks than the point's requests could ever hold at once (each fully allocated, no
+    sharing). A pool at least this large never evicts a cached block nor preempts a request, so
+    it behaves exactly as any larger pool: the simulator need not build the rest of a big one."""
+    largest = max((-(-(len(r.prompt_token_ids) + r.max_tokens) // block_size) for r in workload.requests), default=1)
+    if workload.arrivals_s is not None:
+        num_sends = len(workload.arrivals_s)
+    elif load.num_requests is not None and load.duration_s is None:
+        num_sends = load.warmup_requests + load.num_requests
+    else:
+        return 1 << 62  # closed loop by duration: no bound known in advance
+    return 2 + num_sends * largest
+
+
 class FleetSimulator:
     """Runs one load point against ``num_replicas`` engines; a seed fixes the router's ties."""
 
@@ -174,7 +187,8 @@ class FleetSimulator:
                  admission: bool = True, ranges: ProfiledRange | None = None, seed: int = 0) -> None:
         self.spec, self.cost, self.slo_class, self.ranges = spec, cost, slo_class, ranges
         self.now = 0.0
-        self.replicas = [Replica(i, spec, slo_class, admission, self) for i in range(num_replicas)]
+        self.num_replicas, self.admission = num_replicas, admission
+        self.replicas: list[Replica] = []  # built by run(), sized for its workload
         self._rng = random.Random(seed)
         self._events: list[tuple[float, int, int, object]] = []  # (time, kind, sequence number, payload)
         self._seq = 0
@@ -198,6 +212,8 @@ class FleetSimulator:
             raise ValueError("an open-loop point needs send times")
         self._workload = workload
         self._clients = _Clients(workload, load, point)
+        num_blocks = min(self.spec.num_blocks, _blocks_ever_needed(workload, load, self.spec.block_size))
+        self.replicas = [Replica(i, self.spec, num_blocks, self.admission, self) for i in range(self.num_replicas)]
         for flight in self._clients.start():
             self._send(flight)
         while self._events:

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from servewise.plan.compare import REPORTED, TOLERANCES, FigureCheck, Validation
+from servewise.plan.planner import LATENCY_FIGURES
 
 SHORT = {"ttft_p50_s": "TTFT p50", "ttft_p99_s": "TTFT p99", "tpot_p50_s": "TPOT p50", "tpot_p99_s": "TPOT p99",
          "itl_p50_s": "ITL p50", "e2e_p50_s": "E2E p50", "throughput_rps": "req/s", "output_tokens_per_s": "tok/s",
@@ -16,7 +17,7 @@ SHORT = {"ttft_p50_s": "TTFT p50", "ttft_p99_s": "TTFT p99", "tpot_p50_s": "TPOT
 def _value(name: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if name.endswith("_s"):
+    if name in LATENCY_FIGURES:
         return f"{value * 1e3:.0f}" if value >= 0.1 else f"{value * 1e3:.1f}"
     if name == "attainment":
         return f"{100 * value:.1f}"

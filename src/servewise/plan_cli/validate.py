@@ -28,6 +28,7 @@ from rich.table import Table
 
 from servewise.bench import BenchConfig, TargetConfig, run_benchmark, write_outputs
 from servewise.bench.metrics import PointSummary
+from servewise.bench.schedule import LoadConfig, sweep
 from servewise.plan.compare import compare
 from servewise.plan.knobs import Knobs
 from servewise.plan.planner import Plan
@@ -41,6 +42,7 @@ from servewise.plan.validation_report import (
 from servewise.plan_cli.run import PlanRun
 
 READY_TIMEOUT_S = 600.0
+WARMUP_REQUESTS, WARMUP_CONCURRENCY = 8, 4  # sent to a fresh server before it is measured
 
 
 def serve_flags(run: PlanRun, knobs: Knobs, device: str) -> list[str]:
@@ -111,8 +113,14 @@ def _slug(label: str) -> str:
 
 def _bench(run: PlanRun, base_url: str, out_dir: Path, repeats: int, say: Callable[[str], None]
            ) -> list[list[PointSummary]]:
-    config = BenchConfig(TargetConfig(base_url=base_url, endpoint=run.endpoint, ignore_eos=True), run.load,
-                         run.workload, run.settings.slo, run.tokenizer)
+    target = TargetConfig(base_url=base_url, endpoint=run.endpoint, ignore_eos=True)
+    # A fresh server pays one-off costs on its first requests (allocations, kernels' first calls);
+    # the plan predicts a warm one, so a few requests go first and are not measured.
+    say(f"warming up {base_url}")
+    run_benchmark(BenchConfig(target, LoadConfig(sweep(concurrencies=[WARMUP_CONCURRENCY]),
+                                                 num_requests=WARMUP_REQUESTS, seed=run.load.seed + 1000),
+                              run.workload, run.settings.slo, run.tokenizer))
+    config = BenchConfig(target, run.load, run.workload, run.settings.slo, run.tokenizer)
     runs = []
     for k in range(repeats):
         say(f"bench run {k + 1}/{repeats} against {base_url}")
