@@ -5,7 +5,8 @@ Three measurements, one real model:
 1. Controlled shapes: prefill chunks of many sizes and contexts, decode batches of many
    sizes and contexts, and mixed steps (decodes plus a chunk), each built as requests
    with KV blocks from the engine's own KV-cache manager and run through the engine's
-   own model runner and sampler (what ``LLMEngine`` times as a step), ``repeats`` times.
+   own model runner and sampler (what ``LLMEngine`` times as a step), ``repeats`` times
+   (the median is kept: a one-off stall of the machine does not move it).
 2. The engine loop: requests of varied lengths arriving while others decode, served by
    ``LLMEngine.step`` exactly as the server's loop does; its steps are more samples for the
    fit, and the gaps between one forward and the next are the host overhead.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,7 +56,7 @@ class ProfileGrid:
     decode_batches: tuple[int, ...]  # sequences decoding one token each
     decode_contexts: tuple[int, ...]
     num_mixed: int  # random steps of decodes plus one chunk
-    repeats: int  # measurements of each controlled shape
+    repeats: int  # measurements of each controlled shape (their median is the sample)
     num_loop_requests: int  # requests served through the engine loop (host overhead)
 
     def __post_init__(self) -> None:
@@ -79,7 +81,7 @@ class ProfileGrid:
         all_batches = sorted({1, 2, 3, 4, 6, 8, 12, 24, 32, 48, 64, 96, 128, 256, *edges})
         return cls(tuple(s for s in all_sizes if s <= max_tokens), _upto((16, 64, 256, max_tokens), max_tokens),
                    _upto((128, 512, 1024, 2048), max_context), tuple(b for b in all_batches if b <= max_seqs),
-                   _upto((16, 128, 512, 1024, 2048), max_context), 40, 2, 48)
+                   _upto((16, 128, 512, 1024, 2048), max_context), 40, 3, 48)
 
 
 def _upto(values: tuple[int, ...], limit: int) -> tuple[int, ...]:
@@ -168,11 +170,13 @@ def measure_controlled(engine: LLMEngine, grid: ProfileGrid, rng: random.Random,
     for i, spec in enumerate(specs):
         if i % 25 == 0:
             progress(f"controlled steps {i}/{len(specs)}")
+        times = []
         for _ in range(grid.repeats):
             chunks = shapes.build(spec)
             shape = shape_of(chunks)
-            samples.append(StepSample(shape, _time_forward(engine, chunks)))
+            times.append(_time_forward(engine, chunks))
             shapes.release(chunks)
+        samples.append(StepSample(shape, statistics.median(times)))  # one slow outlier does not move it
     return samples
 
 

@@ -71,7 +71,7 @@ class PlanRun:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PlanRun:
         profiles = [Profile.load(path) for path in args.profile]
-        checkpoint = load_checkpoint(args.model)
+        checkpoint = load_checkpoint(args.model, weights=False)
         machine, fingerprint = this_machine(), model_fingerprint(checkpoint.path)
         notes = [f"profile {path} accepted with differences: {'; '.join(diffs)}" for path, p in
                  zip(args.profile, profiles, strict=True)
