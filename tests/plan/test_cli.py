@@ -120,3 +120,51 @@ def test_profile_then_plan_then_validate_on_a_tiny_model(tmp_path, capsys, model
         assert 0.1 < figures["e2e_p50_s"]["predicted"] / figures["e2e_p50_s"]["measured"] < 10
     assert (out_dir / "measured" / "base" / "run-1" / "results.json").is_file()
     assert (out_dir / "plan.json").is_file() and (out_dir / "validation.md").is_file()
+
+
+def test_a_bench_run_is_replayed(tmp_path, capsys, model):
+    from servewise.bench.client import TargetConfig
+    from servewise.bench.config import BenchConfig
+    from servewise.bench.distributions import parse_length
+    from servewise.bench.metrics import summarize
+    from servewise.bench.records import Outcome, RequestRecord
+    from servewise.bench.results import BenchResult, PointResult
+    from servewise.bench.schedule import LoadConfig, sweep
+    from servewise.bench.slo import SloSpec
+    from servewise.bench.workloads import WorkloadConfig
+
+    load = LoadConfig(sweep(rates=[2.0, 4.0]), num_requests=4)
+    config = BenchConfig(TargetConfig("http://x/v1"), load, WorkloadConfig(input_len=parse_length("16"),
+                         output_len=parse_length("4")), SloSpec(ttft_s=2.0), tokenizer="auto")
+    points = []
+    for point in load.points:
+        records = [RequestRecord(index=i, scheduled_s=0.2 * i, send_s=0.2 * i, outcome=Outcome.OK, ttft_s=0.05,
+                                 e2e_s=0.1, num_output_tokens=2 + i) for i in range(4)]
+        points.append(PointResult(point, 0.0, summarize(records, config.slo), records))
+    results = tmp_path / "results.json"
+    BenchResult(config.to_dict(), "tiny", "server", "2026-01-01T00:00:00+00:00", points).save(results)
+    out_dir = tmp_path / "out"
+    status, out, err = _plan(capsys, "--profile", _profile(tmp_path, model), "--model", model, "--from-bench",
+                             str(results), "--seeds", "1", "--output-dir", str(out_dir))
+    assert status == 0, err
+    plan = json.loads((out_dir / "plan.json").read_text())
+    assert [p["rate"] for p in plan["points"]] == [2.0, 4.0] and plan["slo"] == "ttft≤2s"
+    assert "results.json" in plan["workload"] and "rate=2/s" in out
+
+
+def test_validate_serves_each_configuration_with_the_servers_own_flags():
+    from servewise.cli import build_parser
+    from servewise.plan.knobs import Knobs
+    from servewise.plan_cli.validate import serve_flags
+
+    class Run:  # the two fields serve_flags reads
+        model_path = "/models/m.gguf"
+        slo_class_flag = "interactive:ttft=2s@p99,tpot=0.15s,slack=1"
+
+    knobs = Knobs(max_num_seqs=12, max_num_batched_tokens=384, linear_backend="fp32", threads=1, admission=False,
+                  queue_policy="priority", prefix_caching=False, block_size=32, num_kv_blocks=100, max_model_len=900)
+    args = build_parser().parse_args(["serve", *serve_flags(Run(), knobs, "cpu")])  # type: ignore[arg-type]
+    assert (args.max_num_seqs, args.max_num_batched_tokens, args.linear_backend, args.threads) == (12, 384, "fp32", 1)
+    assert (args.admission, args.queue_policy, args.no_prefix_caching, args.block_size) == ("off", "priority", True, 32)
+    assert (args.num_kv_blocks, args.max_model_len, args.model) == (100, 900, "/models/m.gguf")
+    assert args.slo_class == [Run.slo_class_flag] and args.kv_cache_memory == knobs.kv_cache_memory_bytes
