@@ -83,12 +83,21 @@ class FixedSource:
     def _workload(self, load: LoadConfig, point: LoadPoint, index: int, seed: int) -> PointWorkload:
         assert point.rate_per_s is not None
         arrivals = arrival_times_s(point.rate_per_s, load, random.Random(f"{seed}:{index}:schedule"))
-        requests = tuple(SimRequest(tuple(100_000 + i * 1000 + j for j in range(self.prompt_len)), self.output_len)
+        first = 10_000_000 * (index + 1) + 100_000 * seed  # each point and seed its own prompts, as the bench's
+        requests = tuple(SimRequest(tuple(first + i * 1000 + j for j in range(self.prompt_len)), self.output_len)
                          for i in range(len(arrivals)))
         return PointWorkload(requests, tuple(arrivals))
 
     def point(self, index: int, seed_offset: int) -> PointWorkload:
         return self._workload(self.load, self.load.points[index], index, self.load.seed + seed_offset)
+
+    def warmup(self, seed_offset: int):
+        from servewise.plan.sources import warmup_load
+
+        load = warmup_load(self.load)
+        requests = tuple(SimRequest(tuple(900_000 + i * 1000 + j for j in range(self.prompt_len)), self.output_len)
+                         for i in range(8))
+        return PointWorkload(requests, None), load, load.points[0]
 
     def at_rate(self, rate: float) -> tuple[PointWorkload, LoadConfig]:
         from servewise.plan.sources import capacity_load

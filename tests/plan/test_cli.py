@@ -116,8 +116,11 @@ def test_profile_then_plan_then_validate_on_a_tiny_model(tmp_path, capsys, model
     for point in validation["points"]:
         assert point["predicted_pass"] and point["measured_pass"]
         figures = {f["name"]: f for f in point["figures"]}
-        assert abs(figures["throughput_rps"]["error"]) < 0.5
-        assert 0.1 < figures["e2e_p50_s"]["predicted"] / figures["e2e_p50_s"]["measured"] < 10
+        assert abs(figures["throughput_rps"]["error"]) < 0.5  # set by the arrivals at these low rates
+        # the tiny model computes in milliseconds: the prediction must not exceed what was measured
+        # (HTTP and a busy machine only add to it), nor be nothing
+        assert 0 < figures["e2e_p50_s"]["predicted"] < 2 * figures["e2e_p50_s"]["measured"]
+        assert 0 < figures["ttft_p50_s"]["predicted"] < 2 * figures["ttft_p50_s"]["measured"]
     assert (out_dir / "measured" / "base" / "run-1" / "results.json").is_file()
     assert (out_dir / "plan.json").is_file() and (out_dir / "validation.md").is_file()
 

@@ -154,3 +154,14 @@ def test_preemption_by_recompute_happens_when_the_pool_runs_out():
     _, result = run(workload, load, point, spec=make_spec(num_blocks=40, block_size=16, max_model_len=256))
     assert result.num_preemptions > 0
     assert all(r.outcome is Outcome.OK and r.num_output_tokens == 60 for r in result.records)
+
+
+def test_points_served_one_after_the_other_share_the_fleets_prefix_cache():
+    load, point = open_loop(4.0, 30)
+    workload = fixed_workload(load, point, prompt_len=256, output_len=4)
+    fleet = FleetSimulator(make_spec(), make_cost(), slo_class(), admission=False)
+    cold, warm = fleet.run(workload, load, point), fleet.run(workload, load, point)  # the same prompts again
+    assert cold.prefix_hit_tokens == 0 and warm.prefix_hit_tokens > 0.9 * warm.prefix_query_tokens
+    assert statistics.mean(r.ttft_s for r in warm.records) < 0.2 * statistics.mean(r.ttft_s for r in cold.records)
+    assert [r.send_s for r in warm.records] == pytest.approx([r.send_s for r in cold.records])  # from each start
+    assert warm.end_s == pytest.approx(cold.end_s, rel=0.2)

@@ -12,7 +12,6 @@ requests, so predicted and measured share every definition.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -31,8 +30,8 @@ from servewise.plan.decisions import (
 )
 from servewise.plan.knobs import Knobs, engine_spec
 from servewise.plan.profile import Profile, ProfileError
-from servewise.plan.simulator import FleetSimulator, SimResult
-from servewise.plan.sources import WorkloadSource
+from servewise.plan.simulator import FleetSimulator, SimResult, blocks_ever_needed
+from servewise.plan.sources import Warmup, WorkloadSource
 from servewise.plan.workload import PointWorkload
 from servewise.slo import SLOClass
 
@@ -160,37 +159,55 @@ class Planner:
     def __init__(self, profiles: ProfileSet, arch: ModelArchConfig, settings: PlanSettings) -> None:
         self.profiles, self.arch, self.settings = profiles, arch, settings
 
-    def simulate(self, knobs: Knobs, workload: PointWorkload, load: LoadConfig, point: LoadPoint, *,
-                 seed: int = 0, cost_scale: float = 1.0) -> tuple[PointSummary, SimResult]:
+    def fleet(self, knobs: Knobs, *, seed: int = 0, cost_scale: float = 1.0,
+              blocks_needed: int | None = None) -> FleetSimulator:
+        """A fresh fleet of ``knobs``: the engines as the server builds them, at this profile's costs."""
         profile = self.profiles.for_knobs(knobs)
         spec = engine_spec(knobs, self.arch, profile.backend.device)
-        sim = FleetSimulator(spec, profile.cost.scaled(cost_scale), self.settings.slo_class,
-                             num_replicas=knobs.replicas, admission=knobs.admission, ranges=profile.ranges, seed=seed)
-        result = sim.run(workload, load, point)
+        return FleetSimulator(spec, profile.cost.scaled(cost_scale), self.settings.slo_class,
+                              num_replicas=knobs.replicas, admission=knobs.admission, ranges=profile.ranges,
+                              seed=seed, blocks_needed=blocks_needed)
+
+    def simulate(self, knobs: Knobs, workload: PointWorkload, load: LoadConfig, point: LoadPoint, *,
+                 warmup: Warmup | None = None, seed: int = 0, cost_scale: float = 1.0
+                 ) -> tuple[PointSummary, SimResult]:
+        """One point on a fresh fleet (after ``warmup``, as validate's fresh server gets)."""
+        runs = ([warmup] if warmup else []) + [(workload, load, point)]
+        fleet = self.fleet(knobs, seed=seed, cost_scale=cost_scale, blocks_needed=_blocks(runs, knobs))
+        result = [fleet.run(*run) for run in runs][-1]
         return summarize(result.records, self.settings.slo), result
 
-    def predict_point(self, knobs: Knobs, label: str, index: int, point: LoadPoint, load: LoadConfig,
-                      workloads: Callable[[int], PointWorkload]) -> PointPrediction:
-        """``workloads(s)``: the point's requests under seed offset s."""
+    def sweep(self, knobs: Knobs, source: WorkloadSource, *, seed_offset: int = 0, cost_scale: float = 1.0
+              ) -> list[tuple[PointSummary, SimResult]]:
+        """Every point of the sweep in order on one fleet, as the bench runs them against one server
+        (after the warm-up a validation sends): prefix caches carry over from point to point."""
+        load = dataclasses.replace(source.load, seed=source.load.seed + seed_offset)
+        runs = [(source.point(i, seed_offset), load, point) for i, point in enumerate(load.points)]
+        warmup = source.warmup(seed_offset)
+        fleet = self.fleet(knobs, seed=seed_offset, cost_scale=cost_scale,
+                           blocks_needed=_blocks(([warmup] if warmup else []) + runs, knobs))
+        if warmup is not None:
+            fleet.run(*warmup)
+        results = [fleet.run(*run) for run in runs]
+        return [(summarize(r.records, self.settings.slo), r) for r in results]
+
+    def predict(self, knobs: Knobs, label: str, source: WorkloadSource) -> list[PointPrediction]:
+        """Each point's figures (first seed, fitted cost) and their intervals over seeds and cost error."""
         error = self.settings.cost_error
         if error is None:
             error = self.profiles.for_knobs(knobs).fit.cv_mape
         runs = [(s, 1.0) for s in range(self.settings.seeds)] + [(0, 1.0 - error), (0, 1.0 + error)]
-        summaries = []
-        base: tuple[PointSummary, SimResult] | None = None
-        for seed_offset, scale in runs:
-            seeded = dataclasses.replace(load, seed=load.seed + seed_offset)
-            summary, result = self.simulate(knobs, workloads(seed_offset), seeded, point, seed=seed_offset,
-                                            cost_scale=scale)
-            summaries.append(summary)
-            if base is None:
-                base = (summary, result)
-        assert base is not None
-        summary, result = base
+        sweeps = [self.sweep(knobs, source, seed_offset=s, cost_scale=scale) for s, scale in runs]
+        return [self._prediction(knobs, label, i, point, [sweep[i] for sweep in sweeps])
+                for i, point in enumerate(source.load.points)]
+
+    def _prediction(self, knobs: Knobs, label: str, index: int, point: LoadPoint,
+                    runs: list[tuple[PointSummary, SimResult]]) -> PointPrediction:
+        summary, result = runs[0]
         figures = {name: get(summary) for name, get in FIGURES.items()}
         intervals = {}
         for name, get in FIGURES.items():
-            values = [v for v in (get(s) for s in summaries) if v is not None]
+            values = [v for v in (get(s) for s, _ in runs) if v is not None]
             if values:
                 intervals[name] = (min(values), max(values))
         measured = max(1, summary.num_requests)
@@ -204,23 +221,23 @@ class Planner:
             cost_per_1m=cost_per_million_tokens(self.settings.price_per_hour, knobs.replicas,
                                                 summary.output_tokens_per_s))
 
-    def capacity(self, knobs: Knobs, label: str, rate_workload: RateWorkload, start_rate: float) -> Capacity:
+    def capacity(self, knobs: Knobs, label: str, rate_workload: RateWorkload, start_rate: float,
+                 warmup: Warmup | None = None) -> Capacity:
         """Highest open-loop rate meeting the SLO for this configuration (fleet of knobs.replicas)."""
         at: dict[float, PointSummary] = {}
 
         def passes(rate: float) -> bool:
             workload, load = rate_workload(rate)
-            summary, _ = self.simulate(knobs, workload, load, load.points[0])
+            summary, _ = self.simulate(knobs, workload, load, load.points[0], warmup=warmup)
             at[rate] = summary
-            return meets_slo(None if summary.slo_attainment_pct is None else summary.slo_attainment_pct / 100,
-                             self.settings.min_attainment)
+            return meets_slo(_attainment(summary), self.settings.min_attainment)
 
         best = max_rate_meeting(passes, start_rate)
         tokens = at[best].output_tokens_per_s if best in at else 0.0
         return Capacity(knobs, label, best, tokens,
                         cost_per_million_tokens(self.settings.price_per_hour, knobs.replicas, tokens))
 
-    def target(self, capacity: Capacity, rate_workload: RateWorkload) -> TargetPlan:
+    def target(self, capacity: Capacity, rate_workload: RateWorkload, warmup: Warmup | None = None) -> TargetPlan:
         settings = self.settings
         assert settings.target_rate is not None
         rate = settings.target_rate * (1 + settings.headroom)
@@ -229,14 +246,21 @@ class Planner:
         def fleet_meets(n: int) -> bool:
             knobs = dataclasses.replace(capacity.knobs, replicas=n)
             workload, load = rate_workload(rate)
-            summary, _ = self.simulate(knobs, workload, load, load.points[0])
+            summary, _ = self.simulate(knobs, workload, load, load.points[0], warmup=warmup)
             tokens[n] = summary.output_tokens_per_s
-            attainment = None if summary.slo_attainment_pct is None else summary.slo_attainment_pct / 100
-            return meets_slo(attainment, settings.min_attainment)
+            return meets_slo(_attainment(summary), settings.min_attainment)
 
         n = replicas_needed(fleet_meets, settings.target_rate, capacity.per_replica, settings.headroom)
         cost = None if n is None else cost_per_million_tokens(settings.price_per_hour, n, tokens.get(n, 0.0))
         return TargetPlan(capacity.label, settings.target_rate, settings.headroom, n, cost)
+
+
+def _attainment(summary: PointSummary) -> float | None:
+    return None if summary.slo_attainment_pct is None else summary.slo_attainment_pct / 100
+
+
+def _blocks(runs: Sequence[Warmup], knobs: Knobs) -> int:
+    return sum(blocks_ever_needed(workload, load, knobs.block_size) for workload, load, _ in runs)
 
 
 def build_plan(planner: Planner, cells: Sequence[Knobs], varied: Sequence[str], source: WorkloadSource,
@@ -248,32 +272,27 @@ def build_plan(planner: Planner, cells: Sequence[Knobs], varied: Sequence[str], 
     for knobs in cells:
         label = knobs.label(varied)
         say(f"simulating {label}")
-        for index, point in enumerate(load.points):
-            plan.points.append(planner.predict_point(knobs, label, index, point, load,
-                                                     functools.partial(_seeded, source, index)))
+        plan.points.extend(planner.predict(knobs, label, source))
     settings = planner.settings
     rate_workload = _rate_workload(source)
     if not settings.slo.is_empty and settings.find_capacity and rate_workload is not None:
         start = max((p.rate_per_s for p in load.points if p.rate_per_s and math.isfinite(p.rate_per_s)), default=1.0)
         for knobs in cells:
             say(f"searching the highest rate meeting the SLO for {knobs.label(varied)}")
-            plan.capacities.append(planner.capacity(knobs, knobs.label(varied), rate_workload, start * knobs.replicas))
+            plan.capacities.append(planner.capacity(knobs, knobs.label(varied), rate_workload, start * knobs.replicas,
+                                                    source.warmup(0)))
         if settings.target_rate is not None:
             singles = {dataclasses.replace(c.knobs, replicas=1): c for c in sorted(
                 plan.capacities, key=lambda c: c.per_replica)}  # the best capacity per engine configuration
             for capacity in singles.values():
                 say(f"replicas for {settings.target_rate:g} req/s with {capacity.label}")
-                plan.targets.append(planner.target(capacity, rate_workload))
+                plan.targets.append(planner.target(capacity, rate_workload, source.warmup(0)))
     _mark_pareto(plan.points, with_cost=settings.price_per_hour is not None)
     outside = [p for p in plan.points if p.outside_fraction > 0]
     if outside:
         plan.notes.append(f"{len(outside)} of {len(plan.points)} points run steps beyond the profiled shapes "
                           "(the fit extrapolates there): profile with a larger grid to cover them")
     return plan
-
-
-def _seeded(source: WorkloadSource, index: int, seed_offset: int) -> PointWorkload:
-    return source.point(index, seed_offset)
 
 
 def _rate_workload(source: WorkloadSource) -> RateWorkload | None:

@@ -62,6 +62,7 @@ class _Flight:
     warmup: bool
     key: int = 0  # admission's key (= index)
     replica: int = 0
+    output_token: int = -1  # the id its outputs get: negative (no prompt holds it) and unique in the fleet
     token_times: list[float] = field(default_factory=list)
 
 
@@ -105,7 +106,7 @@ class SimResult:
     num_steps: int
     num_steps_outside: int  # steps beyond the profiled shapes (the fit extrapolates)
     busy_s: float  # Σ over replicas of time spent in steps
-    end_s: float  # simulated time when the last request ended
+    end_s: float  # simulated seconds from the point's start until its last request ended
     prefix_query_tokens: int
     prefix_hit_tokens: int
     num_preemptions: int
@@ -166,10 +167,11 @@ class _Clients:
         return _Flight(index, now, now, warmup)
 
 
-def _blocks_ever_needed(workload: PointWorkload, load: LoadConfig, block_size: int) -> int:
-    """More KV blocks than the point's requests could ever hold at once (each fully allocated, no
-    sharing). A pool at least this large never evicts a cached block nor preempts a request, so
-    it behaves exactly as any larger pool: the simulator need not build the rest of a big one."""
+def blocks_ever_needed(workload: PointWorkload, load: LoadConfig, block_size: int) -> int:
+    """More KV blocks than a point's requests could ever hold at once (each fully allocated, no
+    sharing). A pool at least this large (summed over the points a fleet serves) never evicts a
+    cached block nor preempts a request, so it behaves exactly as any larger pool: the simulator
+    need not build the rest of a big one."""
     largest = max((-(-(len(r.prompt_token_ids) + r.max_tokens) // block_size) for r in workload.requests), default=1)
     if workload.arrivals_s is not None:
         num_sends = len(workload.arrivals_s)
@@ -180,21 +182,47 @@ def _blocks_ever_needed(workload: PointWorkload, load: LoadConfig, block_size: i
     return 2 + num_sends * largest
 
 
+@dataclass
+class _Counters:
+    """A fleet's running totals, to report each point's own share."""
+
+    steps: int
+    outside: int
+    busy_s: float
+    queried: int
+    hits: int
+    preemptions: int
+
+    @classmethod
+    def of(cls, replicas: list[Replica]) -> _Counters:
+        return cls(sum(r.num_steps for r in replicas), sum(r.num_steps_outside for r in replicas),
+                   sum(r.busy_s for r in replicas), sum(r.kv.num_prefix_query_tokens for r in replicas),
+                   sum(r.kv.num_prefix_hit_tokens for r in replicas),
+                   sum(r.scheduler.num_preemptions for r in replicas))
+
+
 class FleetSimulator:
-    """Runs one load point against ``num_replicas`` engines; a seed fixes the router's ties."""
+    """``num_replicas`` engines serving load points one after the other, as ``servewise bench`` runs a
+    sweep against one server: KV caches (prefix hits) and admission's fitted costs carry over from a
+    point to the next. A seed fixes the router's ties."""
 
     def __init__(self, spec: EngineSpec, cost: StepCostModel, slo_class: SLOClass, *, num_replicas: int = 1,
-                 admission: bool = True, ranges: ProfiledRange | None = None, seed: int = 0) -> None:
+                 admission: bool = True, ranges: ProfiledRange | None = None, seed: int = 0,
+                 blocks_needed: int | None = None) -> None:
+        """``blocks_needed``: ``blocks_ever_needed`` summed over every point this fleet will serve
+        (None: the first point's)."""
         self.spec, self.cost, self.slo_class, self.ranges = spec, cost, slo_class, ranges
         self.now = 0.0
-        self.num_replicas, self.admission = num_replicas, admission
-        self.replicas: list[Replica] = []  # built by run(), sized for its workload
+        self.num_replicas, self.admission, self.blocks_needed = num_replicas, admission, blocks_needed
+        self.replicas: list[Replica] = []  # built by the first run()
         self._rng = random.Random(seed)
         self._events: list[tuple[float, int, int, object]] = []  # (time, kind, sequence number, payload)
         self._seq = 0
         self._flights: dict[str, _Flight] = {}  # request id -> its flight
         self._params: dict[int, SamplingParams] = {}
         self._records: list[RequestRecord] = []
+        self._origin_s = 0.0  # when the point being served started
+        self._num_sent = 0
 
     def clock(self) -> float:
         return self.now
@@ -204,16 +232,25 @@ class FleetSimulator:
         heapq.heappush(self._events, (at_s, kind, self._seq, payload))
 
     def _send(self, flight: _Flight) -> None:
+        """``flight``'s times are relative to the point's start (the clients' view); from here on absolute."""
+        flight.scheduled_s += self._origin_s
+        flight.send_s += self._origin_s
+        self._num_sent += 1
+        flight.output_token = -self._num_sent  # outputs never fake a prefix hit, across points too
         prompt = self._workload.requests[flight.index % len(self._workload.requests)].prompt_token_ids
         self._push(flight.send_s + self.cost.request_ingress_s(len(prompt)), _ARRIVE, flight)
 
     def run(self, workload: PointWorkload, load: LoadConfig, point: LoadPoint) -> SimResult:
+        """Serve one point, starting when the previous one ended; returns what the bench would record."""
         if point.mode is LoadMode.OPEN_LOOP and workload.arrivals_s is None:
             raise ValueError("an open-loop point needs send times")
-        self._workload = workload
+        if not self.replicas:
+            needed = self.blocks_needed or blocks_ever_needed(workload, load, self.spec.block_size)
+            num_blocks = min(self.spec.num_blocks, needed)
+            self.replicas = [Replica(i, self.spec, num_blocks, self.admission, self) for i in range(self.num_replicas)]
+        self._workload, self._origin_s, self._records = workload, self.now, []
         self._clients = _Clients(workload, load, point)
-        num_blocks = min(self.spec.num_blocks, _blocks_ever_needed(workload, load, self.spec.block_size))
-        self.replicas = [Replica(i, self.spec, num_blocks, self.admission, self) for i in range(self.num_replicas)]
+        before = _Counters.of(self.replicas)
         for flight in self._clients.start():
             self._send(flight)
         while self._events:
@@ -230,15 +267,14 @@ class FleetSimulator:
             else:
                 assert isinstance(payload, Replica)
                 self._end_step(payload)
-        return self._result()
+        return self._result(before)
 
-    def _result(self) -> SimResult:
+    def _result(self, before: _Counters) -> SimResult:
         self._records.sort(key=lambda r: r.index)
-        reps = self.replicas
-        return SimResult(self._records, sum(r.num_steps for r in reps), sum(r.num_steps_outside for r in reps),
-                         sum(r.busy_s for r in reps), self.now, sum(r.kv.num_prefix_query_tokens for r in reps),
-                         sum(r.kv.num_prefix_hit_tokens for r in reps),
-                         sum(r.scheduler.num_preemptions for r in reps))
+        after = _Counters.of(self.replicas)
+        return SimResult(self._records, after.steps - before.steps, after.outside - before.outside,
+                         after.busy_s - before.busy_s, self.now - self._origin_s, after.queried - before.queried,
+                         after.hits - before.hits, after.preemptions - before.preemptions)
 
     def _arrive(self, flight: _Flight) -> None:
         sim_request = self._workload.requests[flight.index % len(self._workload.requests)]
@@ -309,7 +345,7 @@ class FleetSimulator:
             if not samples:
                 continue
             flight = self._flights[request.request_id]
-            request.append_token(-1 - flight.index)  # ids no prompt holds: outputs never fake a prefix hit
+            request.append_token(flight.output_token)
             flight.token_times.append(now)
             if len(flight.token_times) == 1:
                 replica.admission.on_first_token(flight.key, now - flight.send_s)
@@ -333,7 +369,8 @@ class FleetSimulator:
         del self._flights[str(flight.index)]
         send = flight.send_s
         self._records.append(RequestRecord(
-            index=flight.index, scheduled_s=flight.scheduled_s, send_s=send, outcome=Outcome.OK,
+            index=flight.index, scheduled_s=flight.scheduled_s - self._origin_s, send_s=send - self._origin_s,
+            outcome=Outcome.OK,
             kind=self._kind(flight), http_status=200, ttft_s=flight.token_times[0] - send, e2e_s=now - send,
             token_times_s=[t - send for t in flight.token_times], num_input_tokens=self._num_prompt(flight),
             num_output_tokens=num_output_tokens, usage_reported=True, warmup=flight.warmup))
@@ -341,14 +378,15 @@ class FleetSimulator:
 
     def _refuse(self, flight: _Flight, outcome: Outcome, status: int, error: str) -> None:
         self._records.append(RequestRecord(
-            index=flight.index, scheduled_s=flight.scheduled_s, send_s=flight.send_s, outcome=outcome,
+            index=flight.index, scheduled_s=flight.scheduled_s - self._origin_s,
+            send_s=flight.send_s - self._origin_s, outcome=outcome,
             kind=self._kind(flight), http_status=status, e2e_s=self.now - flight.send_s,
             num_input_tokens=self._num_prompt(flight), retry_after="1" if status == 429 else None, error=error,
             warmup=flight.warmup))
         self._next(self.now)
 
     def _next(self, now: float) -> None:
-        follow = self._clients.done(now)
+        follow = self._clients.done(now - self._origin_s)
         if follow is not None:
             self._send(follow)
 

@@ -7,10 +7,19 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-from servewise.bench.schedule import LoadConfig, LoadMode, LoadPoint
+from servewise.bench.schedule import LoadConfig, LoadMode, LoadPoint, sweep
 from servewise.plan.workload import PointWorkload, RequestFactory
 
 CAPACITY_REQUESTS = 400  # measured requests per evaluation of the capacity search
+# `servewise plan validate` warms a fresh server up with this before measuring; the plan simulates it too
+WARMUP_REQUESTS, WARMUP_CONCURRENCY, WARMUP_SEED_OFFSET = 8, 4, 1000
+Warmup = tuple[PointWorkload, LoadConfig, LoadPoint]
+
+
+def warmup_load(load: LoadConfig) -> LoadConfig:
+    """The warm-up a validation sends a fresh server: a short closed loop of the same workload, other seed."""
+    return LoadConfig(sweep(concurrencies=[WARMUP_CONCURRENCY]), num_requests=WARMUP_REQUESTS,
+                      seed=load.seed + WARMUP_SEED_OFFSET)
 
 
 class WorkloadSource(Protocol):
@@ -21,6 +30,9 @@ class WorkloadSource(Protocol):
 
     def at_rate(self, rate: float) -> tuple[PointWorkload, LoadConfig] | None:
         """Open-loop requests at ``rate`` for the capacity search; None if this source has none."""
+
+    def warmup(self, seed_offset: int) -> Warmup | None:
+        """What a fresh server serves before the sweep is measured; None: nothing known."""
 
 
 def capacity_load(load: LoadConfig, rate: float) -> tuple[LoadConfig, LoadPoint]:
@@ -45,6 +57,13 @@ class SweepWorkloads:
             self._cache[key] = self.factory.point(index, self.load.points[index], seeded)
         return self._cache[key]
 
+    def warmup(self, seed_offset: int) -> Warmup | None:
+        load = warmup_load(dataclasses.replace(self.load, seed=self.load.seed + seed_offset))
+        key = (-1, seed_offset)
+        if key not in self._cache:
+            self._cache[key] = self.factory.point(0, load.points[0], load)
+        return self._cache[key], load, load.points[0]
+
     def at_rate(self, rate: float) -> tuple[PointWorkload, LoadConfig] | None:
         """Point 0's prompts at ``rate``: the bench's gamma gaps scale exactly with 1 / rate."""
         load, _ = capacity_load(self.load, rate)
@@ -64,6 +83,9 @@ class ReplayWorkloads:
 
     def point(self, index: int, seed_offset: int) -> PointWorkload:
         return self._points[index]
+
+    def warmup(self, seed_offset: int) -> Warmup | None:
+        return None  # the measured run's server state before it is unknown
 
     def at_rate(self, rate: float) -> tuple[PointWorkload, LoadConfig] | None:
         """The first point's trace, its send times compressed or stretched to ``rate``."""

@@ -1,10 +1,11 @@
 """``servewise plan validate``: serve each configuration, bench it at the plan's points, and set
 predicted against measured.
 
-Per configuration: ``servewise serve`` with that configuration's flags and the SLO class
-the plan simulated (or the server at ``--base-url``), then ``--repeats`` bench runs of the
-plan's own workload and load, with ``ignore_eos`` so outputs run to ``max_tokens`` as the
-plan assumes. Everything measured is kept under ``OUTPUT_DIR/measured/``; the comparison
+Per configuration and repeat: a fresh ``servewise serve`` with that configuration's flags
+and the SLO class the plan simulated (or the server at ``--base-url``, whose state then
+carries over between repeats), the same short warm-up the plan simulates, then one bench
+run of the plan's own workload and load, with ``ignore_eos`` so outputs run to
+``max_tokens`` as the plan assumes. Everything measured is kept under ``OUTPUT_DIR/measured/``; the comparison
 goes to ``validation.md`` and ``validation.json``.
 """
 
@@ -28,10 +29,10 @@ from rich.table import Table
 
 from servewise.bench import BenchConfig, TargetConfig, run_benchmark, write_outputs
 from servewise.bench.metrics import PointSummary
-from servewise.bench.schedule import LoadConfig, sweep
 from servewise.plan.compare import compare
 from servewise.plan.knobs import Knobs
 from servewise.plan.planner import Plan
+from servewise.plan.sources import warmup_load
 from servewise.plan.validation_report import (
     headers,
     point_rows,
@@ -42,7 +43,6 @@ from servewise.plan.validation_report import (
 from servewise.plan_cli.run import PlanRun
 
 READY_TIMEOUT_S = 600.0
-WARMUP_REQUESTS, WARMUP_CONCURRENCY = 8, 4  # sent to a fresh server before it is measured
 
 
 def serve_flags(run: PlanRun, knobs: Knobs, device: str) -> list[str]:
@@ -111,23 +111,17 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label) or "base"
 
 
-def _bench(run: PlanRun, base_url: str, out_dir: Path, repeats: int, say: Callable[[str], None]
-           ) -> list[list[PointSummary]]:
+def _bench(run: PlanRun, base_url: str, out_dir: Path, say: Callable[[str], None]) -> list[PointSummary]:
+    """The warm-up the plan simulated, then the plan's sweep; returns the sweep's summaries."""
     target = TargetConfig(base_url=base_url, endpoint=run.endpoint, ignore_eos=True)
     # A fresh server pays one-off costs on its first requests (allocations, kernels' first calls);
-    # the plan predicts a warm one, so a few requests go first and are not measured.
+    # the plan predicts a warm one, so a few requests go first, unmeasured (and simulated alike).
     say(f"warming up {base_url}")
-    run_benchmark(BenchConfig(target, LoadConfig(sweep(concurrencies=[WARMUP_CONCURRENCY]),
-                                                 num_requests=WARMUP_REQUESTS, seed=run.load.seed + 1000),
-                              run.workload, run.settings.slo, run.tokenizer))
-    config = BenchConfig(target, run.load, run.workload, run.settings.slo, run.tokenizer)
-    runs = []
-    for k in range(repeats):
-        say(f"bench run {k + 1}/{repeats} against {base_url}")
-        result = run_benchmark(config)
-        write_outputs(result, out_dir / f"run-{k + 1}")
-        runs.append([p.summary for p in result.points])
-    return runs
+    run_benchmark(BenchConfig(target, warmup_load(run.load), run.workload, run.settings.slo, run.tokenizer))
+    say(f"bench run against {base_url}")
+    result = run_benchmark(BenchConfig(target, run.load, run.workload, run.settings.slo, run.tokenizer))
+    write_outputs(result, out_dir)
+    return [p.summary for p in result.points]
 
 
 def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path,
@@ -141,16 +135,20 @@ def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path,
         label = knobs.label(run.varied)
         cell_dir = out_dir / "measured" / _slug(label)
         cell_dir.mkdir(parents=True, exist_ok=True)
-        if args.base_url:
-            measured[label] = _bench(run, args.base_url.rstrip("/"), cell_dir, args.repeats, say)
-            continue
-        if knobs.replicas > 1:
+        if knobs.replicas > 1 and not args.base_url:
             say(f"skipping {label}: a fleet of {knobs.replicas} replicas needs --base-url (validate serves one engine)")
             continue
         device = run.planner.profiles.for_knobs(knobs).backend.device
-        say(f"serving {label}")
-        with served([*serve_flags(run, knobs, device), *args.serve_arg], cell_dir / "server.log") as base_url:
-            measured[label] = _bench(run, base_url, cell_dir, args.repeats, say)
+        measured[label] = []
+        for k in range(args.repeats):  # each repeat on a fresh server: the state the plan simulates
+            run_dir = cell_dir / f"run-{k + 1}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if args.base_url:
+                measured[label].append(_bench(run, args.base_url.rstrip("/"), run_dir, say))
+                continue
+            say(f"serving {label} (run {k + 1}/{args.repeats})")
+            with served([*serve_flags(run, knobs, device), *args.serve_arg], run_dir / "server.log") as base_url:
+                measured[label].append(_bench(run, base_url, run_dir, say))
     return measured
 
 
