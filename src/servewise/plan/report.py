@@ -63,13 +63,17 @@ def point_rows(plan: Plan, has_slo: bool) -> list[list[str]]:
     return rows
 
 
+def _show(name: str, value: float | None) -> str:
+    if name in LATENCY_FIGURES:
+        return fmt_ms(value)
+    return _pct(value) if name == "attainment" else fmt_num(value)
+
+
 def _interval(p: PointPrediction, name: str) -> str:
     value, interval = p.figures[name], p.intervals.get(name)
-    scale, fmt = (1e3, "{:.0f}") if name in LATENCY_FIGURES else (
-        (100.0, "{:.1f}") if name == "attainment" else (1, "{:.2f}"))
     if value is None or interval is None:
         return "-"
-    return f"{fmt.format(value * scale)} [{fmt.format(interval[0] * scale)}–{fmt.format(interval[1] * scale)}]"
+    return f"{_show(name, value)} [{_show(name, interval[0])}–{_show(name, interval[1])}]"
 
 
 def interval_rows(plan: Plan) -> list[list[str]]:
