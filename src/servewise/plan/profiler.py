@@ -81,7 +81,7 @@ class ProfileGrid:
         all_batches = sorted({1, 2, 3, 4, 6, 8, 12, 24, 32, 48, 64, 96, 128, 256, *edges})
         return cls(tuple(s for s in all_sizes if s <= max_tokens), _upto((16, 64, 256, max_tokens), max_tokens),
                    _upto((128, 512, 1024, 2048), max_context), tuple(b for b in all_batches if b <= max_seqs),
-                   _upto((16, 128, 512, 1024, 2048), max_context), 40, 3, 48)
+                   _upto((16, 128, 512, 1024, 2048), max_context), 24, 3, 32)
 
 
 def _upto(values: tuple[int, ...], limit: int) -> tuple[int, ...]:
