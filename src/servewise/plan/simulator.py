@@ -19,7 +19,7 @@ routes each request (``routing.py``).
 
 Not modelled: EOS and stop strings (outputs run to max_tokens), n > 1, client timeouts
 and aborts, tenants' rate limits, the server's HTTP work competing with the engine for
-the CPU, and time the router's stats lag behind.
+the CPU, and what ``routing.py`` lists for fleets.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from servewise.engine.stats import StepRecord
 from servewise.errors import OverloadedError
 from servewise.plan.knobs import EngineSpec
 from servewise.plan.profile import ProfiledRange
-from servewise.plan.routing import choose_replica
+from servewise.plan.routing import rank_replicas
 from servewise.plan.step_cost import StepCostModel, shape_of
 from servewise.plan.workload import PointWorkload
 from servewise.slo import AdmissionConfig, AdmissionController, AdmissionMode, SLOClass
@@ -71,6 +71,7 @@ class Replica:
 
     def __init__(self, index: int, spec: EngineSpec, num_blocks: int, admission: bool, sim: FleetSimulator) -> None:
         self.index = index
+        self.scheduler_config = spec.scheduler
         self.kv = KVCacheManager(num_blocks, spec.block_size, spec.enable_prefix_caching)
         self.scheduler = Scheduler(spec.scheduler, self.kv, clock=sim.clock)
         mode = AdmissionMode.ENFORCE if admission else AdmissionMode.OBSERVE
@@ -284,15 +285,28 @@ class FleetSimulator:
             return
         for replica in self.replicas:
             replica.observe()
-        replica = self.replicas[choose_replica(self.replicas, prompt, self.slo_class, self._rng)]
-        flight.key, flight.replica = flight.index, replica.index
-        num_waiting = max(replica.published_waiting, replica.num_in_flight - replica.published_running)
-        try:
-            replica.admission.admit(flight.key, len(prompt) - replica.kv.num_cached_prefix_tokens(prompt),
-                                    self.slo_class, num_running=replica.published_running, num_waiting=num_waiting)
-        except OverloadedError as exc:
-            self._refuse(flight, Outcome.SHED, 429, exc.message)
+        order, fleet_shed = [0], None
+        if len(self.replicas) > 1:
+            order, fleet_shed = rank_replicas(self.replicas, prompt, self.slo_class, self._rng)
+        if fleet_shed is not None and self.admission:
+            self._refuse(flight, Outcome.SHED, 429, fleet_shed)
             return
+        flight.key = flight.index
+        refusal = ""
+        for index in order:  # a replica whose own admission refuses passes the request on, as Ray does
+            replica = self.replicas[index]
+            num_waiting = max(replica.published_waiting, replica.num_in_flight - replica.published_running)
+            try:
+                replica.admission.admit(flight.key, len(prompt) - replica.kv.num_cached_prefix_tokens(prompt),
+                                        self.slo_class, num_running=replica.published_running,
+                                        num_waiting=num_waiting)
+                break
+            except OverloadedError as exc:
+                refusal = exc.message
+        else:
+            self._refuse(flight, Outcome.SHED, 429, refusal)
+            return
+        flight.replica = replica.index
         replica.num_in_flight += 1
         replica.inbox.append(self._engine_request(flight, sim_request.max_tokens, prompt))
         if replica.step is None and not replica.waking:  # an idle engine wakes up for it
