@@ -7,8 +7,8 @@
 For each workload (Alpaca chat; shared-prefix, 8 groups × 1,000-token system prompts;
 mixed, 10% long prompts), on the embedded model with 2 threads:
 
-1. the measured capacity: `servewise bench --max-throughput` against a fresh server gives
-   the requests per second it completes when saturated;
+1. the measured capacity: a closed loop of 16 clients against a fresh server (admission
+   off) gives the requests per second it completes when saturated;
 2. `servewise plan validate` at 5 Poisson rates from 20% to 95% of that capacity plus one
    overload point (150%), each measured --repeats times against `servewise serve`, and
    predicted by `servewise plan` from the profile;
@@ -45,6 +45,7 @@ WORKLOADS: dict[str, list[str]] = {
     "mixed": ["--workload", "mixed", "--long-fraction", "0.1", "--input-len", "uniform:64,256",
               "--long-input-len", "uniform:1500,3000", "--output-len", "fixed:64"],
 }
+SATURATING_CLIENTS = 16  # closed-loop clients that keep the server's batch full while capacity is measured
 GRID = ["--grid", "max_num_seqs=4,32", "--grid", "max_num_batched_tokens=128,512"]
 
 
@@ -69,15 +70,20 @@ def servewise(*args: str, log: Path | None = None) -> None:
 
 
 def measured_capacity(workload: list[str], out: Path, num_requests: int) -> float:
-    """Completed requests per second of a saturated server (admission off, so nothing is shed)."""
+    """Completed requests per second of a saturated server: a closed loop of SATURATING_CLIENTS
+    keeps its batch full (admission off, so nothing is shed)."""
     from servewise.plan_cli.validate import served
 
     out.mkdir(parents=True, exist_ok=True)
     with served(["--threads", THREADS, "--admission", "off"], out / "server.log") as base_url:
-        servewise("bench", "--base-url", base_url, "--ignore-eos", "--max-throughput", "--num-requests",
-                  str(num_requests), *workload, "--no-progress", "--output-dir", str(out), log=out / "bench.log")
+        servewise("bench", "--base-url", base_url, "--ignore-eos", "--concurrency", str(SATURATING_CLIENTS),
+                  "--num-requests", str(num_requests), *workload, "--no-progress", "--output-dir", str(out),
+                  log=out / "bench.log")
     result = json.loads((out / "results.json").read_text())
-    return float(result["points"][0]["summary"]["request_throughput_per_s"])
+    capacity = float(result["points"][0]["summary"]["request_throughput_per_s"])
+    if capacity <= 0:
+        raise SystemExit(f"no request completed while measuring capacity; see {out / 'bench.log'}")
+    return capacity
 
 
 def validate(profile: Path, workload: list[str], rates: list[float], out: Path, args: argparse.Namespace,
