@@ -121,6 +121,8 @@ def test_profile_then_plan_then_validate_on_a_tiny_model(tmp_path, capsys, model
         # (HTTP and a busy machine only add to it), nor be nothing
         assert 0 < figures["e2e_p50_s"]["predicted"] < 2 * figures["e2e_p50_s"]["measured"]
         assert 0 < figures["ttft_p50_s"]["predicted"] < 2 * figures["ttft_p50_s"]["measured"]
+    [engine] = validation["engine"]  # the server's own counters over the sweep
+    assert engine["measured"]["num_steps"] > 0 and engine["predicted"]["num_steps"] > 0
     assert (out_dir / "measured" / "base" / "run-1" / "results.json").is_file()
     assert (out_dir / "plan.json").is_file() and (out_dir / "validation.md").is_file()
 

@@ -51,3 +51,17 @@ def test_a_measurement_equal_to_the_prediction_passes_and_a_slower_one_does_not(
     assert all(f.ok is False and f.error == pytest.approx(1 / 1.3 - 1) for f in tpot)
     assert "TPOT p50 (target ±10%): 0/2 within target" in summary_lines(validation)
     assert "| base | rate=1/s |" in render_markdown(validation, ["- test"])
+
+
+def test_the_engines_own_busy_time_is_set_against_the_plans():
+    from servewise.plan.compare import EngineTotals
+
+    plan = build_plan(planner(), [Knobs()], [], FixedSource([1.0, 4.0], 20))
+    predicted_busy = sum(p.engine_busy_s for p in plan.points)
+    measured = EngineTotals(busy_s=predicted_busy * 1.25, num_steps=sum(p.num_steps for p in plan.points))
+    validation = compare(plan, {"base": [[p.summary for p in plan.points]]}, 0.99,
+                         {"base": [measured, EngineTotals(1e9, 1.0), EngineTotals(0.0, 1.0)]})
+    [check] = validation.engine
+    assert check.measured == measured  # the median repeat
+    assert check.busy_error == pytest.approx(1 / 1.25 - 1)
+    assert any("engine busy over the sweep" in line for line in summary_lines(validation))

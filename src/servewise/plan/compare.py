@@ -69,12 +69,39 @@ class CapacityCheck:
     ok: bool | None
 
 
+@dataclass(frozen=True)
+class EngineTotals:
+    """The engine's own counters over a sweep: where step-cost error shows apart from HTTP's."""
+
+    busy_s: float  # forward passes (engine_busy_seconds)
+    num_steps: float
+
+    def minus(self, before: EngineTotals) -> EngineTotals:
+        return EngineTotals(self.busy_s - before.busy_s, self.num_steps - before.num_steps)
+
+    @property
+    def step_ms(self) -> float:
+        return 1e3 * self.busy_s / self.num_steps if self.num_steps else 0.0
+
+
+@dataclass
+class EngineCheck:
+    label: str
+    predicted: EngineTotals  # the plan's, over the sweep's points
+    measured: EngineTotals  # the median repeat's
+
+    @property
+    def busy_error(self) -> float | None:
+        return self.predicted.busy_s / self.measured.busy_s - 1 if self.measured.busy_s else None
+
+
 @dataclass
 class Validation:
     points: list[PointCheck] = field(default_factory=list)
     capacities: list[CapacityCheck] = field(default_factory=list)
     predicted_best: str | None = None
     measured_best: str | None = None
+    engine: list[EngineCheck] = field(default_factory=list)
 
     @property
     def best_ok(self) -> bool | None:
@@ -136,9 +163,17 @@ def measured_capacity(rates: Sequence[float], attainments: Sequence[float | None
     return r0 + (r1 - r0) * min(1.0, max(0.0, fraction)), False
 
 
-def compare(plan: Plan, measured: dict[str, list[list[PointSummary]]], min_attainment: float) -> Validation:
-    """``measured[label]``: per repeat, the bench's summaries in sweep order."""
+def compare(plan: Plan, measured: dict[str, list[list[PointSummary]]], min_attainment: float,
+            engine: dict[str, list[EngineTotals]] | None = None) -> Validation:
+    """``measured[label]``: per repeat, the bench's summaries in sweep order; ``engine[label]``: per
+    repeat, the server's engine counters over the sweep."""
     validation = Validation()
+    for label, totals in (engine or {}).items():
+        points = [p for p in plan.points if p.label == label]
+        if totals and points:
+            middle = sorted(totals, key=lambda t: t.busy_s)[len(totals) // 2]
+            predicted = EngineTotals(sum(p.engine_busy_s for p in points), sum(p.num_steps for p in points))
+            validation.engine.append(EngineCheck(label, predicted, middle))
     for prediction in plan.points:
         repeats = measured.get(prediction.label)
         if not repeats:

@@ -92,6 +92,8 @@ class PointPrediction:
     prefix_hit_ratio: float | None  # prompt tokens served from the prefix cache / looked up
     num_preemptions: int
     outside_fraction: float  # steps beyond the profiled shapes
+    num_steps: int  # engine steps (all replicas)
+    engine_busy_s: float  # their forward time, as the engine's engine_busy_seconds counts it
     meets_slo: bool
     cost_per_1m: float | None = None
     pareto: bool = False
@@ -216,8 +218,8 @@ class Planner:
             intervals=intervals, shed_rate=summary.outcomes.get("shed", 0) / measured,
             prefix_hit_ratio=result.prefix_hit_tokens / result.prefix_query_tokens if result.prefix_query_tokens
             else None, num_preemptions=result.num_preemptions,
-            outside_fraction=result.num_steps_outside / max(1, result.num_steps),
-            meets_slo=not self.settings.slo.is_empty and meets_slo(figures["attainment"], self.settings.min_attainment),
+            outside_fraction=result.num_steps_outside / max(1, result.num_steps), num_steps=result.num_steps,
+            engine_busy_s=result.busy_s, meets_slo=not self.settings.slo.is_empty and meets_slo(figures["attainment"], self.settings.min_attainment),
             cost_per_1m=cost_per_million_tokens(self.settings.price_per_hour, knobs.replicas,
                                                 summary.output_tokens_per_s))
 

@@ -106,7 +106,7 @@ class SimResult:
     records: list[RequestRecord]  # one per request sent, by index: what the bench would have recorded
     num_steps: int
     num_steps_outside: int  # steps beyond the profiled shapes (the fit extrapolates)
-    busy_s: float  # Σ over replicas of time spent in steps
+    busy_s: float  # Σ over replicas of forward time: what the engine counts as busy (engine_busy_seconds)
     end_s: float  # simulated seconds from the point's start until its last request ended
     prefix_query_tokens: int
     prefix_hit_tokens: int
@@ -345,7 +345,7 @@ class FleetSimulator:
             replica.num_steps_outside += 1
         step_s = replica.step_forward_s + self.cost.host_s(shape)
         replica.num_steps += 1
-        replica.busy_s += step_s
+        replica.busy_s += replica.step_forward_s
         self._push(self.now + step_s, _STEP_END, replica)
 
     def _end_step(self, replica: Replica) -> None:

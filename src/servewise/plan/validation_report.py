@@ -60,6 +60,12 @@ def summary_lines(validation: Validation) -> list[str]:
         verdict = "" if c.ok is None else (" ✓" if c.ok else " ✗")
         lines.append(f"{c.label}: highest rate meeting the SLO, predicted {c.predicted or 0:.2f} req/s, "
                      f"measured {measured}{error}{verdict}")
+    for e in validation.engine:
+        error = "" if e.busy_error is None else f" ({100 * e.busy_error:+.0f}%)"
+        lines.append(f"{e.label}: engine busy over the sweep (forward passes only), predicted "
+                     f"{e.predicted.busy_s:.1f} s in {e.predicted.num_steps:.0f} steps "
+                     f"({e.predicted.step_ms:.1f} ms/step), measured {e.measured.busy_s:.1f} s in "
+                     f"{e.measured.num_steps:.0f} steps ({e.measured.step_ms:.1f} ms/step){error}")
     if validation.best_ok is not None:
         lines.append(f"best configuration: predicted {validation.predicted_best}, measured {validation.measured_best}"
                      f" {'✓' if validation.best_ok else '✗'}")
@@ -85,4 +91,5 @@ def validation_dict(validation: Validation) -> dict[str, Any]:
     return {"points": [{**asdict(p), "decision_ok": p.decision_ok} for p in validation.points],
             "capacities": [asdict(c) for c in validation.capacities], "predicted_best": validation.predicted_best,
             "measured_best": validation.measured_best, "best_ok": validation.best_ok,
+            "engine": [{**asdict(e), "busy_error": e.busy_error} for e in validation.engine],
             "counts": {k: list(v) for k, v in validation.counts().items()}}

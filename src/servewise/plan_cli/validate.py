@@ -29,7 +29,7 @@ from rich.table import Table
 
 from servewise.bench import BenchConfig, TargetConfig, run_benchmark, write_outputs
 from servewise.bench.metrics import PointSummary
-from servewise.plan.compare import compare
+from servewise.plan.compare import EngineTotals, compare
 from servewise.plan.knobs import Knobs
 from servewise.plan.planner import Plan
 from servewise.plan.sources import warmup_load
@@ -111,26 +111,51 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label) or "base"
 
 
-def _bench(run: PlanRun, base_url: str, out_dir: Path, say: Callable[[str], None]) -> list[PointSummary]:
-    """The warm-up the plan simulated, then the plan's sweep; returns the sweep's summaries."""
+def engine_counters(base_url: str) -> EngineTotals | None:
+    """The server's engine_busy_seconds and engine_steps counters (None if it exports none)."""
+    root = base_url.removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(root + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("servewise:engine_busy_seconds_total", "servewise:engine_steps_total"):
+            values[name] = float(value)
+    if len(values) < 2:
+        return None
+    return EngineTotals(values["servewise:engine_busy_seconds_total"], values["servewise:engine_steps_total"])
+
+
+def _bench(run: PlanRun, base_url: str, out_dir: Path, say: Callable[[str], None]
+           ) -> tuple[list[PointSummary], EngineTotals | None]:
+    """The warm-up the plan simulated, then the plan's sweep: the sweep's summaries, and the engine's
+    busy time and steps during it."""
     target = TargetConfig(base_url=base_url, endpoint=run.endpoint, ignore_eos=True)
     # A fresh server pays one-off costs on its first requests (allocations, kernels' first calls);
     # the plan predicts a warm one, so a few requests go first, unmeasured (and simulated alike).
     say(f"warming up {base_url}")
     run_benchmark(BenchConfig(target, warmup_load(run.load), run.workload, run.settings.slo, run.tokenizer))
+    before = engine_counters(base_url)
     say(f"bench run against {base_url}")
     result = run_benchmark(BenchConfig(target, run.load, run.workload, run.settings.slo, run.tokenizer))
+    after = engine_counters(base_url)
     write_outputs(result, out_dir)
-    return [p.summary for p in result.points]
+    engine = after.minus(before) if after is not None and before is not None else None
+    return [p.summary for p in result.points], engine
 
 
-def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path,
-            say: Callable[[str], None]) -> dict[str, list[list[PointSummary]]]:
-    """Per configuration label, per repeat, the bench's summaries of the plan's points."""
+def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path, say: Callable[[str], None]
+            ) -> tuple[dict[str, list[list[PointSummary]]], dict[str, list[EngineTotals]]]:
+    """Per configuration label, per repeat: the bench's summaries of the plan's points, and the
+    engine's busy time and steps over the sweep."""
     if args.base_url and len(run.cells) > 1:
         raise ValueError("--base-url is one server, so one configuration: drop the --grid, or let validate "
                          "start `servewise serve` for each configuration")
     measured: dict[str, list[list[PointSummary]]] = {}
+    engine: dict[str, list[EngineTotals]] = {}
     for knobs in run.cells:
         label = knobs.label(run.varied)
         cell_dir = out_dir / "measured" / _slug(label)
@@ -139,17 +164,20 @@ def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path,
             say(f"skipping {label}: a fleet of {knobs.replicas} replicas needs --base-url (validate serves one engine)")
             continue
         device = run.planner.profiles.for_knobs(knobs).backend.device
-        measured[label] = []
+        measured[label], engine[label] = [], []
         for k in range(args.repeats):  # each repeat on a fresh server: the state the plan simulates
             run_dir = cell_dir / f"run-{k + 1}"
             run_dir.mkdir(parents=True, exist_ok=True)
             if args.base_url:
-                measured[label].append(_bench(run, args.base_url.rstrip("/"), run_dir, say))
-                continue
-            say(f"serving {label} (run {k + 1}/{args.repeats})")
-            with served([*serve_flags(run, knobs, device), *args.serve_arg], run_dir / "server.log") as base_url:
-                measured[label].append(_bench(run, base_url, run_dir, say))
-    return measured
+                summaries, totals = _bench(run, args.base_url.rstrip("/"), run_dir, say)
+            else:
+                say(f"serving {label} (run {k + 1}/{args.repeats})")
+                with served([*serve_flags(run, knobs, device), *args.serve_arg], run_dir / "server.log") as url:
+                    summaries, totals = _bench(run, url, run_dir, say)
+            measured[label].append(summaries)
+            if totals is not None:
+                engine[label].append(totals)
+    return measured, engine
 
 
 def validate(run: PlanRun, plan: Plan, args: argparse.Namespace, console: Console,
@@ -158,8 +186,8 @@ def validate(run: PlanRun, plan: Plan, args: argparse.Namespace, console: Consol
         raise ValueError("--repeats must be ≥ 1")
     out_dir = Path(args.output_dir or "plan-validation")
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured = measure(run, plan, args, out_dir, progress)
-    validation = compare(plan, measured, run.settings.min_attainment)
+    measured, engine = measure(run, plan, args, out_dir, progress)
+    validation = compare(plan, measured, run.settings.min_attainment, engine)
     table = Table(title="servewise plan validate: predicted / measured (error)",
                   caption="times in ms; measured = median of the repeats; ✓/✗ = within the issue's target")
     for i, column in enumerate(headers()):
