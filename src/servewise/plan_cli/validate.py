@@ -120,10 +120,11 @@ def engine_counters(base_url: str) -> EngineTotals | None:
     except (urllib.error.URLError, OSError):
         return None
     values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
+    for line in text.splitlines():  # e.g. servewise:engine_steps_total{model_name="m"} 123.0
+        name, _, value = line.rpartition(" ")
+        name = name.split("{", 1)[0]
         if name in ("servewise:engine_busy_seconds_total", "servewise:engine_steps_total"):
-            values[name] = float(value)
+            values[name] = values.get(name, 0.0) + float(value)
     if len(values) < 2:
         return None
     return EngineTotals(values["servewise:engine_busy_seconds_total"], values["servewise:engine_steps_total"])
