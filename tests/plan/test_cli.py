@@ -117,10 +117,11 @@ def test_profile_then_plan_then_validate_on_a_tiny_model(tmp_path, capsys, model
         assert point["predicted_pass"] and point["measured_pass"]
         figures = {f["name"]: f for f in point["figures"]}
         assert abs(figures["throughput_rps"]["error"]) < 0.5  # set by the arrivals at these low rates
-        # the tiny model computes in milliseconds: the prediction must not exceed what was measured
-        # (HTTP and a busy machine only add to it), nor be nothing
-        assert 0 < figures["e2e_p50_s"]["predicted"] < 2 * figures["e2e_p50_s"]["measured"]
-        assert 0 < figures["ttft_p50_s"]["predicted"] < 2 * figures["ttft_p50_s"]["measured"]
+        assert abs(figures["output_tokens_per_s"]["error"]) < 0.5
+        # the tiny model computes in milliseconds, HTTP and a busy machine add to it: a loose bound
+        # that still catches a prediction off by a unit (×1000)
+        for name in ("ttft_p50_s", "e2e_p50_s"):
+            assert 0 < figures[name]["predicted"] < 5 * figures[name]["measured"], name
     [engine] = validation["engine"]  # the server's own counters over the sweep
     assert engine["measured"]["num_steps"] > 0 and engine["predicted"]["num_steps"] > 0
     assert (out_dir / "measured" / "base" / "run-1" / "results.json").is_file()
