@@ -1,4 +1,4 @@
-"""``servewise`` command line: serve, chat, generate, bench.
+"""``servewise`` command line: serve, chat, generate, bench, profile, plan.
 
 The only place that reads environment variables and flags; everything below
 gets explicit config objects.
@@ -27,6 +27,7 @@ from servewise.config import (
     StructuredOutputConfig,
 )
 from servewise.errors import ModelLoadError
+from servewise.plan_cli import add_profile_parser
 
 if TYPE_CHECKING:
     from servewise.engine.llm_engine import LLMEngine
@@ -392,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="load-test any OpenAI-compatible server", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=None)
+
+    # The capacity planner (servewise.plan_cli): profile is an engine command; plan, like bench,
+    # has its own parser (main() hands it the arguments).
+    add_profile_parser(sub, add_engine_args)
+    plan = sub.add_parser("plan", help="capacity planner: latency, goodput and replicas from a profile",
+                          add_help=False)
+    plan.add_argument("plan_args", nargs=argparse.REMAINDER)
+    plan.set_defaults(func=None)
     return parser
 
 
@@ -401,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from servewise.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "plan":
+        from servewise.plan_cli import main as plan_main
+
+        return plan_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         args.serve_argv = argv[argv.index("serve") + 1:]

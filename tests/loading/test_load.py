@@ -42,3 +42,14 @@ def test_home_relative_paths_are_expanded(monkeypatch: pytest.MonkeyPatch, tmp_p
     with pytest.raises(ModelLoadError) as info:
         load_checkpoint("~/missing.gguf")
     assert info.value.path == str(tmp_path / "missing.gguf")
+
+
+@pytest.mark.parametrize("kind", ["hf", "gguf"])
+def test_without_weights_everything_but_the_tensors_is_loaded(tmp_path: Path, tiny_dirs, kind: str) -> None:
+    from tests.factories import write_tiny_gguf
+
+    path = str(tiny_dirs["llama"]) if kind == "hf" else str(write_tiny_gguf(tmp_path / "m.gguf"))
+    full, light = load_checkpoint(path), load_checkpoint(path, weights=False)
+    assert light.tensors == {} and light.quantized == {} and full.tensors
+    assert light.arch == full.arch and light.model_name == full.model_name and light.path == full.path
+    assert light.tokenizer.encode("Hello world") == full.tokenizer.encode("Hello world")

@@ -74,17 +74,8 @@ def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
     return wrapped
 
 
-def build_run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="servewise bench", description="Load-test an OpenAI-compatible server.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    target = parser.add_argument_group("target")
-    target.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="OpenAI API root (default: %(default)s)")
-    target.add_argument("--endpoint", choices=[e.value for e in Endpoint], default="chat")
-    target.add_argument("--model", help="model id (default: the first of GET /models)")
-    target.add_argument("--api-key", help="Bearer token (default: $OPENAI_API_KEY)")
-    target.add_argument("--request-timeout-s", type=float, default=600.0)
-    target.add_argument("--ignore-eos", action="store_true",
-                        help="send ignore_eos so outputs reach max_tokens (a vLLM/ServeWise extension)")
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """The workload flags (shared with ``servewise plan``, which replays the same requests)."""
     work = parser.add_argument_group("workload")
     work.add_argument("--workload", choices=[k.value for k in WorkloadKind],
                       help="default: dataset when --dataset is given, else synthetic")
@@ -101,6 +92,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     work.add_argument("--prefix-len", type=int, default=1024, help="shared-prefix: system prompt tokens")
     work.add_argument("--long-fraction", type=float, default=0.25, help="mixed: share of long prompts")
     work.add_argument("--long-input-len", type=_checked(parse_length), default=parse_length("uniform:2048,4096"))
+
+
+def add_load_args(parser: argparse.ArgumentParser) -> None:
+    """The load-shape flags (shared with ``servewise plan``)."""
     load = parser.add_argument_group("load (default: --max-throughput)")
     shape = load.add_mutually_exclusive_group()
     shape.add_argument("--rate", type=_floats, help="open loop: requests/s (inf = all at once)")
@@ -118,6 +113,21 @@ def build_run_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=0, help="fixes schedules and sampled prompts")
     load.add_argument("--prompt-pool-size", type=int, default=1000,
                       help="closed loop by duration: distinct prompts, reused in turn")
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="servewise bench", description="Load-test an OpenAI-compatible server.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = parser.add_argument_group("target")
+    target.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="OpenAI API root (default: %(default)s)")
+    target.add_argument("--endpoint", choices=[e.value for e in Endpoint], default="chat")
+    target.add_argument("--model", help="model id (default: the first of GET /models)")
+    target.add_argument("--api-key", help="Bearer token (default: $OPENAI_API_KEY)")
+    target.add_argument("--request-timeout-s", type=float, default=600.0)
+    target.add_argument("--ignore-eos", action="store_true",
+                        help="send ignore_eos so outputs reach max_tokens (a vLLM/ServeWise extension)")
+    add_workload_args(parser)
+    add_load_args(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--slo", type=_checked(parse_slo), help="e.g. ttft=1s,tpot=100ms[,e2e=10s][,itl=200ms]")
     out.add_argument("--output-dir", help="write results.json, report.md and PNG charts here")
@@ -127,26 +137,34 @@ def build_run_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, env: dict[str, str]) -> BenchConfig:
-    rates = args.rate or args.rates
+def workload_config_from_args(args: argparse.Namespace) -> WorkloadConfig:
+    workload_kind = args.workload or (WorkloadKind.DATASET.value if args.dataset else WorkloadKind.SYNTHETIC.value)
+    return WorkloadConfig(kind=WorkloadKind(workload_kind), input_len=args.input_len,
+                          output_len=args.output_len, dataset_path=args.dataset,
+                          dataset_format=args.dataset_format, corpus_path=args.corpus,
+                          num_prefix_groups=args.num_prefix_groups, prefix_len=args.prefix_len,
+                          long_fraction=args.long_fraction, long_input_len=args.long_input_len)
+
+
+def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
+    rates = [math.inf] if args.max_throughput else args.rate or args.rates
     concurrencies = args.concurrency or args.concurrencies
     if rates is None and concurrencies is None:
         rates = [math.inf]
-    workload_kind = args.workload or (WorkloadKind.DATASET.value if args.dataset else WorkloadKind.SYNTHETIC.value)
     num_requests = args.num_requests if args.num_requests is not None or args.duration_s is not None else 100
+    return LoadConfig(points=sweep(rates=rates, concurrencies=concurrencies), num_requests=num_requests,
+                      duration_s=args.duration_s, warmup_requests=args.warmup_requests, warmup_s=args.warmup_s,
+                      burstiness=args.burstiness, max_concurrency=args.max_concurrency, seed=args.seed,
+                      prompt_pool_size=args.prompt_pool_size)
+
+
+def config_from_args(args: argparse.Namespace, env: dict[str, str]) -> BenchConfig:
     return BenchConfig(
         target=TargetConfig(base_url=args.base_url, endpoint=Endpoint(args.endpoint), model=args.model,
                             api_key=args.api_key or env.get("OPENAI_API_KEY") or None,
                             request_timeout_s=args.request_timeout_s, ignore_eos=args.ignore_eos),
-        load=LoadConfig(points=sweep(rates=rates, concurrencies=concurrencies), num_requests=num_requests,
-                        duration_s=args.duration_s, warmup_requests=args.warmup_requests, warmup_s=args.warmup_s,
-                        burstiness=args.burstiness, max_concurrency=args.max_concurrency, seed=args.seed,
-                        prompt_pool_size=args.prompt_pool_size),
-        workload=WorkloadConfig(kind=WorkloadKind(workload_kind), input_len=args.input_len,
-                                output_len=args.output_len, dataset_path=args.dataset,
-                                dataset_format=args.dataset_format, corpus_path=args.corpus,
-                                num_prefix_groups=args.num_prefix_groups, prefix_len=args.prefix_len,
-                                long_fraction=args.long_fraction, long_input_len=args.long_input_len),
+        load=load_config_from_args(args),
+        workload=workload_config_from_args(args),
         slo=args.slo or parse_slo(""),
         tokenizer=args.tokenizer,
     )
@@ -160,8 +178,6 @@ def _console() -> Console:
 def _run_main(argv: list[str]) -> int:
     parser = build_run_parser()
     args = parser.parse_args(argv)
-    if args.max_throughput:
-        args.rate = [math.inf]
     try:
         config = config_from_args(args, dict(os.environ))
     except ValueError as exc:

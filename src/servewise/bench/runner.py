@@ -8,7 +8,6 @@ results.json, report.md and the charts.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from datetime import datetime, timezone
 
@@ -18,9 +17,9 @@ from servewise.bench.metrics import summarize
 from servewise.bench.progress import NullProgress, ProgressSink
 from servewise.bench.records import Outcome, RequestRecord
 from servewise.bench.results import BenchResult, PointResult
-from servewise.bench.schedule import LoadConfig, LoadMode, LoadPoint, arrival_times_s
+from servewise.bench.schedule import LoadConfig
 from servewise.bench.tokenizer import resolve_token_counter
-from servewise.bench.workloads import BenchRequest, Workload
+from servewise.bench.workloads import BenchRequest, Workload, build_point
 
 
 def run_benchmark(config: BenchConfig, progress: ProgressSink | None = None) -> BenchResult:
@@ -38,7 +37,7 @@ async def run_benchmark_async(config: BenchConfig, progress: ProgressSink | None
         run_origin_s = time.perf_counter()
         points = []
         for index, point in enumerate(config.load.points):
-            requests, arrivals = await _prepare_point(index, point, config.load, workload)
+            requests, arrivals = await build_point(index, point, config.load, workload)
             bodies = [build_body(r.messages, r.max_tokens, model, config.target) for r in requests]
             progress.point_started(point.label, _expected_total(config.load, arrivals))
             sender = _Sender(client, requests, bodies, progress)
@@ -60,26 +59,6 @@ async def _first_model(client: BenchClient) -> str:
     if not models:
         raise BenchSetupError(f"GET {client.target.base_url}/models lists no model; pass --model")
     return models[0]
-
-
-async def _prepare_point(index: int, point: LoadPoint, load: LoadConfig,
-                         workload: Workload) -> tuple[list[BenchRequest], list[float] | None]:
-    """The point's requests and, for open loop, its send times; seeded per point.
-
-    Each point gets its own prompts, so a server's prefix cache cannot carry one
-    point's prompts into the next.
-    """
-    arrivals = None
-    if point.mode is LoadMode.OPEN_LOOP:
-        assert point.rate_per_s is not None
-        arrivals = arrival_times_s(point.rate_per_s, load, random.Random(f"{load.seed}:{index}:schedule"))
-        num_prompts = len(arrivals)
-    elif load.num_requests is not None and not load.warmup_s:
-        num_prompts = load.warmup_requests + load.num_requests
-    else:
-        num_prompts = load.prompt_pool_size
-    requests = await workload.build(max(1, num_prompts), random.Random(f"{load.seed}:{index}:prompts"))
-    return requests, arrivals
 
 
 def _expected_total(load: LoadConfig, arrivals: list[float] | None) -> int | None:

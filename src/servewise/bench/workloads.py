@@ -26,6 +26,7 @@ from servewise.bench.client import Message
 from servewise.bench.corpus import load_corpus
 from servewise.bench.datasets import FORMATS, DatasetEntry, load_dataset
 from servewise.bench.distributions import LengthDistribution, parse_length
+from servewise.bench.schedule import LoadConfig, LoadMode, LoadPoint, arrival_times_s
 from servewise.bench.textcut import TextCutter
 from servewise.bench.tokenizer import TokenCounter
 
@@ -178,6 +179,27 @@ class Workload:
         if too_long:
             log.warning("%d of %d requests ask for more than the server's max_model_len (%d) "
                         "prompt + output tokens; expect 400s", too_long, len(requests), limit)
+
+
+async def build_point(index: int, point: LoadPoint, load: LoadConfig,
+                      workload: Workload) -> tuple[list[BenchRequest], list[float] | None]:
+    """The requests of sweep point ``index`` and, for open loop, their send times; seeded per
+    point (the capacity planner replays exactly these).
+
+    Each point gets its own prompts, so a server's prefix cache cannot carry one
+    point's prompts into the next.
+    """
+    arrivals = None
+    if point.mode is LoadMode.OPEN_LOOP:
+        assert point.rate_per_s is not None
+        arrivals = arrival_times_s(point.rate_per_s, load, random.Random(f"{load.seed}:{index}:schedule"))
+        num_prompts = len(arrivals)
+    elif load.num_requests is not None and not load.warmup_s:
+        num_prompts = load.warmup_requests + load.num_requests
+    else:
+        num_prompts = load.prompt_pool_size
+    requests = await workload.build(max(1, num_prompts), random.Random(f"{load.seed}:{index}:prompts"))
+    return requests, arrivals
 
 
 async def _gather_bounded(awaitables: Iterable[Awaitable[T]], limit: int = MAX_CONCURRENT_COUNTS) -> list[T]:

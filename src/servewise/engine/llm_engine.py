@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from servewise.config import ConfigError, DeviceConfig, EngineConfig
+from servewise.config import ConfigError, DeviceConfig, EngineConfig, ModelArchConfig
 from servewise.engine.detokenizer import StopAwareDetokenizer
 from servewise.engine.faults import FailureDraw, SlowRunner
 from servewise.engine.kv_cache_manager import KVCacheManager
@@ -106,6 +106,15 @@ def check_prompt(info: ModelInfo, prompt_token_ids: Sequence[int], params: Sampl
             f"but the request needs {what}", param="max_tokens" if params.max_tokens else "prompt")
 
 
+def kv_capacity(config: EngineConfig, arch: ModelArchConfig, kv_dtype: torch.dtype) -> tuple[int, int]:
+    """(KV-cache blocks, max_model_len) of an engine with this config and model: the pool the
+    budget buys, and the longest prompt + output it accepts (the model's, the pool's, the cap)."""
+    num_blocks = num_blocks_for_budget(arch, config.cache, kv_dtype)
+    max_model_len = min(arch.max_position_embeddings, num_blocks * config.cache.block_size,
+                        config.scheduler.max_model_len or arch.max_position_embeddings)
+    return num_blocks, max_model_len
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None) -> None:
         self.config = config
@@ -121,10 +130,8 @@ class LLMEngine:
         self.tokenizer = ckpt.tokenizer
         arch = ckpt.arch
         kv_dtype = resolve_kv_dtype(config, dtype)
-        num_blocks = num_blocks_for_budget(arch, config.cache, kv_dtype)
+        num_blocks, self.max_model_len = kv_capacity(config, arch, kv_dtype)
         block_size = config.cache.block_size
-        self.max_model_len = min(arch.max_position_embeddings, num_blocks * block_size,
-                                 config.scheduler.max_model_len or arch.max_position_embeddings)
         model = build_model(arch, ckpt.tensors, max_positions=self.max_model_len, device=dev, dtype=dtype,
                             use_native_kernels=dev.type == "cpu", source=ckpt.path)
         if dev.type == "cpu":
@@ -277,10 +284,7 @@ class LLMEngine:
             r = chunk.request
             if r.is_finished:  # failed in isolation, or aborted
                 continue
-            if r.timings.first_scheduled_s is None:
-                r.timings.first_scheduled_s = step_start_s
-            r.num_computed_tokens += chunk.num_new_tokens
-            self.kv_cache.cache_full_blocks(r)
+            self.scheduler.complete_chunk(chunk, step_start_s)
             if id(r) not in sampled:
                 continue
             token_id, logprob = sampled[id(r)]

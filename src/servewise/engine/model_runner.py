@@ -22,6 +22,13 @@ MAX_PAGED_CHUNK_TOKENS = 4
 MAX_ALL_PAGED_STEP_TOKENS = 16
 
 
+def uses_paged_attention(chunk: ScheduledChunk, num_step_tokens: int) -> bool:
+    """Whether ``chunk``'s attention goes through the paged kernel (else dense) in a step of
+    ``num_step_tokens`` tokens; read before the step's results are applied."""
+    return num_step_tokens <= MAX_ALL_PAGED_STEP_TOKENS or (
+        chunk.request.num_computed_tokens > 0 and chunk.num_new_tokens <= MAX_PAGED_CHUNK_TOKENS)
+
+
 def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
     element_size = torch.empty(0, dtype=dtype).element_size()
     return 2 * arch.num_hidden_layers * arch.num_key_value_heads * block_size * arch.head_dim * element_size
@@ -105,9 +112,8 @@ class ModelRunner:
 
     def _prepare(self, chunks: list[ScheduledChunk]
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[ScheduledChunk]]:
-        small_step = sum(c.num_new_tokens for c in chunks) <= MAX_ALL_PAGED_STEP_TOKENS
-        paged = [c for c in chunks if small_step or (
-            c.request.num_computed_tokens > 0 and c.num_new_tokens <= MAX_PAGED_CHUNK_TOKENS)]
+        num_step_tokens = sum(c.num_new_tokens for c in chunks)
+        paged = [c for c in chunks if uses_paged_attention(c, num_step_tokens)]
         paged_ids = {id(c) for c in paged}
         dense = [c for c in chunks if id(c) not in paged_ids]
         bs = self.block_size

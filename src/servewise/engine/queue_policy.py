@@ -137,11 +137,15 @@ class PriorityQueue(RequestQueue):
         running.sort(key=lambda r: (r.priority, r.timings.arrival_s))
 
 
-QUEUE_POLICIES: dict[str, type[RequestQueue]] = {"fcfs": FCFSQueue, "priority": PriorityQueue}
+# policy name -> a factory taking the clock deadlines are compared with
+QUEUE_POLICIES: dict[str, Callable[[Callable[[], float]], RequestQueue]] = {
+    "fcfs": lambda clock: FCFSQueue(), "priority": PriorityQueue}
 
 
-def create_queue(policy: str) -> RequestQueue:
+def create_queue(policy: str, clock: Callable[[], float] = time.monotonic) -> RequestQueue:
+    """``clock``: the engine's monotonic time, or the planner's simulated one."""
     try:
-        return QUEUE_POLICIES[policy]()
+        factory = QUEUE_POLICIES[policy]
     except KeyError:
         raise ValueError(f"unknown queue policy {policy!r}; choose from {sorted(QUEUE_POLICIES)}") from None
+    return factory(clock)

