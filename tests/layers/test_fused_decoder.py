@@ -27,7 +27,7 @@ def test_fused_layers_match_the_pytorch_layers(tiny_dirs, arch, block_size, kv_d
     engine.step()  # 13 prompt tokens: a small, fully paged step
     sched = engine.scheduler.schedule()  # the next step: three decodes
     input_ids, positions, meta, _ = engine.runner._prepare(sched.chunks)
-    assert not meta.dense_segments and fused.accepts(input_ids.unsqueeze(1).float(), meta, engine.runner.kv_caches)
+    assert not meta.dense_segments and fused.accepts(input_ids.unsqueeze(1).float(), engine.runner.kv_caches)
     kv_before = [(k.clone(), v.clone()) for k, v in engine.runner.kv_caches]
     with torch.inference_mode():
         x = model.embed_tokens(input_ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,16 @@ def num_blocks_for_budget(arch: ModelArchConfig, cache: CacheConfig, dtype: torc
     return max(2, cache.kv_cache_memory_bytes // kv_bytes_per_block(arch, cache.block_size, dtype))
 
 
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros; on CPU in pages the OS commits only when first written, so a KV pool sized for the
+    worst case costs memory only for the blocks requests actually fill."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    numel = math.prod(shape)
+    pages = mmap.mmap(-1, max(1, numel * torch.empty(0, dtype=dtype).element_size()))  # anonymous: zero-filled
+    return torch.frombuffer(pages, dtype=dtype, count=numel).view(shape)  # the tensor keeps `pages` alive
+
+
 @dataclass
 class RunnerOutput:
     """Model runner -> engine: the logits of every request that samples this step."""
@@ -57,7 +69,7 @@ class ModelRunner:
         # With CUDA graphs, one spare block past the pool takes the padding rows' K/V.
         shape = (num_blocks + use_graphs, arch.num_key_value_heads, block_size, arch.head_dim)
         self.kv_caches: list[KVCache] = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            (lazy_zeros(shape, dtype, device), lazy_zeros(shape, dtype, device))
             for _ in range(arch.num_hidden_layers)
         ]
         self.graphs: CudaGraphDecoder | None = None

@@ -1,47 +1,18 @@
-/* ServeWise CPU kernels: paged attention and an int8-weight linear layer.
+/* Paged attention over the KV cache, and writing a token's K/V into it.
  *
- * Both kernels compute every output element in a fixed order that depends only on
- * its own inputs, never on how many other rows share the call: a request's results
- * do not depend on the batch it is in. AVX2+FMA paths with a portable fallback
+ * Every output element is computed in a fixed order that depends only on its own inputs,
+ * never on how many other tokens share the call: a request's results do not depend on the
+ * batch it is in. AVX2+FMA path (also used by the avx512 build) with a portable fallback
  * (the fallback sums in a different order, but the same order for every batch).
  */
 #include <float.h>
 #include <math.h>
-#include <stdint.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define SW_AVX2 1
-#endif
-
-#define SW_MAX_GROUP 16
-#define SW_MAX_HEAD_DIM 256
-#define SW_MAX_BLOCK 128
+#include "sw_kernels.h"
 
 /* ------------------------------------------------------------------------------------- */
 /* helpers                                                                               */
-
-static inline float half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else { /* subnormal: renormalise */
-            exp = 127 - 15 + 1;
-            while (!(mant & 0x400)) { mant <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000 | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 /* Load head_dim values of a K/V row as floats into dst (fp32 or fp16 storage). */
 static inline void load_row(const void *src, int is_f16, int64_t n, float *restrict dst) {
@@ -55,7 +26,7 @@ static inline void load_row(const void *src, int is_f16, int64_t n, float *restr
     for (; d + 8 <= n; d += 8)
         _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + d))));
 #endif
-    for (; d < n; d++) dst[d] = half_to_float(h[d]);
+    for (; d < n; d++) dst[d] = sw_half_to_float(h[d]);
 }
 
 static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
@@ -172,24 +143,6 @@ static void attend_item(const float *restrict qh, const char *k_cache, const cha
 }
 
 #ifdef SW_AVX2
-/* exp(x) for x ≤ 0 (softmax after max subtraction); Cephes polynomial, ~2 ulp. */
-static inline __m256 exp256(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x);
-    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
 static inline __attribute__((always_inline)) __m256 ld8(const char *p, int is_f16) {
     return is_f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_ps((const float *)p);
 }
@@ -254,7 +207,7 @@ static inline __attribute__((always_inline)) void attend_item_avx2(const float *
             const __m256 vmax = _mm256_set1_ps(new_max);
             __m256 vsum = _mm256_setzero_ps();
             for (int64_t j = 0; j < padded; j += 8) {
-                __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(&scores[g][j]), vmax));
+                __m256 p = sw_exp256(_mm256_sub_ps(_mm256_loadu_ps(&scores[g][j]), vmax));
                 if (j + 8 > n) {
                     const __m256 lane = _mm256_add_ps(_mm256_set1_ps((float)j),
                                                       _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7));
@@ -301,6 +254,21 @@ static void attend_item_avx2_f16(const float *qh, const char *k_cache, const cha
 }
 #endif
 
+void sw_attend_item(const float *qh, const void *k_cache, const void *v_cache, int is_f16, const int32_t *table,
+                    int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads, int64_t group, int64_t head_dim,
+                    int64_t block_size, float sm_scale, float *out_h) {
+#ifdef SW_AVX2
+    if (head_dim % 8 == 0 && block_size % 8 == 0) {
+        (is_f16 ? attend_item_avx2_f16 : attend_item_avx2_f32)(qh, (const char *)k_cache, (const char *)v_cache, table,
+                                                             ctx_len, kv_head, num_kv_heads, group, head_dim,
+                                                             block_size, sm_scale, out_h);
+        return;
+    }
+#endif
+    attend_item(qh, (const char *)k_cache, (const char *)v_cache, is_f16, table, ctx_len, kv_head, num_kv_heads,
+                group, head_dim, block_size, sm_scale, out_h);
+}
+
 int sw_paged_attention(const float *q, const void *k_cache, const void *v_cache, int is_f16,
                        const int32_t *block_tables, int64_t max_blocks_per_row, const int32_t *token_rows,
                        const int32_t *ctx_lens, float *out, int64_t num_tokens, int64_t num_q_heads,
@@ -314,176 +282,9 @@ int sw_paged_attention(const float *q, const void *k_cache, const void *v_cache,
         const int64_t t = item / num_kv_heads, h = item % num_kv_heads;
         const int32_t *table = block_tables + (int64_t)token_rows[t] * max_blocks_per_row;
         const int64_t offset = (t * num_q_heads + h * group) * head_dim;
-#ifdef SW_AVX2
-        if (head_dim % 8 == 0 && block_size % 8 == 0) {
-            (is_f16 ? attend_item_avx2_f16 : attend_item_avx2_f32)(
-                q + offset, (const char *)k_cache, (const char *)v_cache, table, ctx_lens[t], h, num_kv_heads, group,
-                head_dim, block_size, sm_scale, out + offset);
-            continue;
-        }
-#endif
-        attend_item(q + offset, (const char *)k_cache, (const char *)v_cache, is_f16, table, ctx_lens[t], h,
-                    num_kv_heads, group, head_dim, block_size, sm_scale, out + offset);
+        sw_attend_item(q + offset, k_cache, v_cache, is_f16, table, ctx_lens[t], h, num_kv_heads, group, head_dim,
+                       block_size, sm_scale, out + offset);
     }
-    return 0;
-}
-
-/* ------------------------------------------------------------------------------------- */
-/* int8-weight linear: out[m, n] = scales[n] * sum_k x[m, k] * q[n, k] (+ bias[n])          */
-/*
- * Weight-bandwidth-bound steps (few rows): int8 weights are read once per call and
- * widened to fp32 in registers; activations and outputs stay fp32. Rows of x are
- * processed 4 at a time, each with its own accumulators, so a row's sum never
- * depends on the others.
- */
-#ifdef SW_AVX2
-static inline __m256 widen8(const int8_t *w) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)w)));
-}
-
-static inline float hsum(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    const __m256 acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
-
-/* Every row is summed the same way whichever path computes it: four accumulators over
- * 32-element chunks, then the 8-element remainder into the first, then a fixed
- * horizontal reduction, then the scalar tail. One row or two rows at a time give
- * bitwise-identical results. */
-static void int8_dot_1(const float *restrict x, const int8_t *restrict w, int64_t k, float *out) {
-#ifdef SW_AVX2
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), widen8(w + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), widen8(w + i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), widen8(w + i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), widen8(w + i + 24), a3);
-    }
-    for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), widen8(w + i), a0);
-    float total = hsum(a0, a1, a2, a3);
-    for (; i < k; i++) total += x[i] * (float)w[i];
-    *out = total;
-#else
-    float total = 0.0f;
-    for (int64_t i = 0; i < k; i++) total += x[i] * (float)w[i];
-    *out = total;
-#endif
-}
-
-static void int8_dot_2(const float *restrict x0, const float *restrict x1, const int8_t *restrict w, int64_t k,
-                       float *out0, float *out1) {
-#ifdef SW_AVX2
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        const __m256 w0 = widen8(w + i), w1 = widen8(w + i + 8), w2 = widen8(w + i + 16), w3 = widen8(w + i + 24);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i), w0, a0);
-        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i), w0, b0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 8), w1, a1);
-        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 8), w1, b1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 16), w2, a2);
-        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 16), w2, b2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i + 24), w3, a3);
-        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i + 24), w3, b3);
-    }
-    for (; i + 8 <= k; i += 8) {
-        const __m256 w0 = widen8(w + i);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i), w0, a0);
-        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i), w0, b0);
-    }
-    float t0 = hsum(a0, a1, a2, a3), t1 = hsum(b0, b1, b2, b3);
-    for (; i < k; i++) {
-        t0 += x0[i] * (float)w[i];
-        t1 += x1[i] * (float)w[i];
-    }
-    *out0 = t0;
-    *out1 = t1;
-#else
-    int8_dot_1(x0, w, k, out0);
-    int8_dot_1(x1, w, k, out1);
-#endif
-}
-
-/* ------------------------------------------------------------------------------------- */
-/* one Llama decoder layer for a small step (every token through the paged kernel)       */
-/*
- * Small steps are dominated by per-operation overhead in PyTorch (~50 ops per layer);
- * this runs a whole layer in one call and one OpenMP region. Same maths as the PyTorch
- * path (RMSNorm, fused q/k/v, rotate-half RoPE, paged attention, o_proj + residual,
- * RMSNorm, fused gate/up, SiLU*up, down + residual), with int8 weights.
- */
-typedef struct {
-    const int8_t *q;     /* [n, k] int8 */
-    const float *scales; /* [n] */
-    const float *bias;   /* [n] or NULL */
-    int64_t n, k;
-} sw_qlinear;
-
-typedef struct {
-    const float *input_norm, *post_norm; /* [hidden] */
-    sw_qlinear qkv, o, gate_up, down;
-} sw_layer_weights;
-
-typedef struct {
-    int64_t num_tokens, hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size, max_blocks_per_row;
-    float eps, sm_scale;
-    int kv_is_f16;
-    const float *cos, *sin;        /* [max_positions, head_dim / 2] */
-    const int64_t *positions;      /* [T] */
-    const int64_t *slot_blocks;    /* [T] */
-    const int64_t *slot_offsets;   /* [T] */
-    const int32_t *block_tables;   /* [R, max_blocks_per_row] */
-    const int32_t *token_rows;     /* [T] */
-    const int32_t *ctx_lens;       /* [T] */
-} sw_step_meta;
-
-static void rms_norm_row(const float *restrict x, const float *restrict w, int64_t n, float eps, float *restrict out) {
-    float ss = 0.0f;
-    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
-    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
-}
-
-/* out[m, col] (+)= W x[m] for columns [begin, end): `accumulate` adds into out (residual). */
-static void qlinear_cols(const sw_qlinear *l, const float *x, int64_t m, float *out, int64_t ldo, int accumulate) {
-#pragma omp for schedule(static)
-    for (int64_t col = 0; col < l->n; col++) {
-        const int8_t *w = l->q + col * l->k;
-        const float b = l->bias ? l->bias[col] : 0.0f;
-        int64_t r = 0;
-        for (; r + 2 <= m; r += 2) {
-            float s0, s1;
-            int8_dot_2(x + r * l->k, x + (r + 1) * l->k, w, l->k, &s0, &s1);
-            s0 = s0 * l->scales[col] + b;
-            s1 = s1 * l->scales[col] + b;
-            if (accumulate) {
-                out[r * ldo + col] += s0;
-                out[(r + 1) * ldo + col] += s1;
-            } else {
-                out[r * ldo + col] = s0;
-                out[(r + 1) * ldo + col] = s1;
-            }
-        }
-        if (r < m) {
-            float s0;
-            int8_dot_1(x + r * l->k, w, l->k, &s0);
-            s0 = s0 * l->scales[col] + b;
-            out[r * ldo + col] = accumulate ? out[r * ldo + col] + s0 : s0;
-        }
-    }
-}
-
-int sw_int8_linear(const float *x, int64_t m, int64_t k, const int8_t *q, const float *scales, const float *bias,
-                   float *out, int64_t n) {
-    if (m <= 0 || k <= 0 || n <= 0) return 1;
-    const sw_qlinear layer = {q, scales, bias, n, k};
-#pragma omp parallel
-    qlinear_cols(&layer, x, m, out, n, 0);
     return 0;
 }
 
@@ -511,7 +312,7 @@ static inline uint16_t float_to_half(float f) {
     return (uint16_t)h;
 }
 
-static void store_kv(void *cache, int is_f16, int64_t offset, const float *src, int64_t n) {
+void sw_store_kv(void *cache, int is_f16, int64_t offset, const float *src, int64_t n) {
     if (is_f16) {
         uint16_t *dst = (uint16_t *)cache + offset;
         int64_t i = 0;
@@ -523,70 +324,4 @@ static void store_kv(void *cache, int is_f16, int64_t offset, const float *src, 
     } else {
         memcpy((float *)cache + offset, src, (size_t)n * sizeof(float));
     }
-}
-
-int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v_cache, const sw_step_meta *s,
-                     float *work) {
-    const int64_t T = s->num_tokens, H = s->hidden, D = s->head_dim, half = D / 2;
-    const int64_t q_size = s->num_heads * D, kv_size = s->num_kv_heads * D, qkv_n = q_size + 2 * kv_size;
-    const int64_t group = s->num_heads / s->num_kv_heads;
-    if (group > SW_MAX_GROUP || D > SW_MAX_HEAD_DIM || s->block_size > SW_MAX_BLOCK || D % 2) return 2;
-    float *normed = work;                      /* [T, max(H, I)] */
-    float *qkv = normed + T * (H > s->intermediate ? H : s->intermediate); /* [T, qkv_n] */
-    float *attn = qkv + T * qkv_n;             /* [T, q_size] */
-    float *gate_up = attn + T * q_size;        /* [T, 2I] */
-    const int64_t I = s->intermediate;
-#pragma omp parallel
-    {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) rms_norm_row(x + t * H, w->input_norm, H, s->eps, normed + t * H);
-        qlinear_cols(&w->qkv, normed, T, qkv, qkv_n, 0);
-        /* RoPE on q and k heads, then the token's K/V into its cache slot */
-#pragma omp for schedule(static)
-        for (int64_t item = 0; item < T * (s->num_heads + s->num_kv_heads); item++) {
-            const int64_t t = item / (s->num_heads + s->num_kv_heads), h = item % (s->num_heads + s->num_kv_heads);
-            float *v = qkv + t * qkv_n + h * D; /* q heads then k heads are adjacent */
-            const float *c = s->cos + s->positions[t] * half, *sn = s->sin + s->positions[t] * half;
-            for (int64_t i = 0; i < half; i++) {
-                const float a = v[i], b = v[i + half];
-                v[i] = a * c[i] - b * sn[i];
-                v[i + half] = b * c[i] + a * sn[i];
-            }
-            if (h >= s->num_heads) {
-                const int64_t kvh = h - s->num_heads;
-                const int64_t off = ((s->slot_blocks[t] * s->num_kv_heads + kvh) * s->block_size + s->slot_offsets[t]) * D;
-                store_kv(k_cache, s->kv_is_f16, off, v, D);
-                store_kv(v_cache, s->kv_is_f16, off, qkv + t * qkv_n + q_size + kv_size + kvh * D, D);
-            }
-        }
-#pragma omp for schedule(static)
-        for (int64_t item = 0; item < T * s->num_kv_heads; item++) {
-            const int64_t t = item / s->num_kv_heads, h = item % s->num_kv_heads;
-            const int32_t *table = s->block_tables + (int64_t)s->token_rows[t] * s->max_blocks_per_row;
-            const float *qh = qkv + t * qkv_n + h * group * D;
-            float *out_h = attn + t * q_size + h * group * D;
-#ifdef SW_AVX2
-            if (D % 8 == 0 && s->block_size % 8 == 0) {
-                (s->kv_is_f16 ? attend_item_avx2_f16 : attend_item_avx2_f32)(
-                    qh, (const char *)k_cache, (const char *)v_cache, table, s->ctx_lens[t], h, s->num_kv_heads,
-                    group, D, s->block_size, s->sm_scale, out_h);
-                continue;
-            }
-#endif
-            attend_item(qh, (const char *)k_cache, (const char *)v_cache, s->kv_is_f16, table, s->ctx_lens[t], h,
-                        s->num_kv_heads, group, D, s->block_size, s->sm_scale, out_h);
-        }
-        qlinear_cols(&w->o, attn, T, x, H, 1);
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) rms_norm_row(x + t * H, w->post_norm, H, s->eps, normed + t * H);
-        qlinear_cols(&w->gate_up, normed, T, gate_up, 2 * I, 0);
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            float *g = gate_up + t * 2 * I, *out = normed + t * I;
-            for (int64_t i = 0; i < I; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * g[I + i];
-        }
-        qlinear_cols(&w->down, normed, T, x, H, 1);
-    }
-    (void)qkv_n;
-    return 0;
 }

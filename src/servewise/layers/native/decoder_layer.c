@@ -1,0 +1,133 @@
+/* One Llama decoder layer for a whole step, in one call and one OpenMP region.
+ *
+ * Every token of the step (decodes and prefill chunks alike) attends through the paged
+ * KV cache, so each token is computed by the same code whatever else is in the step:
+ * RMSNorm, fused q/k/v, rotate-half RoPE, K/V into the cache, paged attention,
+ * o_proj + residual, RMSNorm, fused gate/up, SiLU*up, down + residual. Each linear layer
+ * quantizes its input rows (quant_gemm.c) and reads its weights once for all rows.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "sw_kernels.h"
+
+typedef struct {
+    const float *input_norm, *post_norm; /* [hidden] */
+    sw_qweight qkv, o, gate_up, down;
+} sw_layer_weights;
+
+typedef struct {
+    int64_t num_tokens, hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size, max_blocks_per_row;
+    float eps, sm_scale;
+    int kv_is_f16;
+    const float *cos, *sin;      /* [max_positions, head_dim / 2] */
+    const int64_t *positions;    /* [T] */
+    const int64_t *slot_blocks;  /* [T] */
+    const int64_t *slot_offsets; /* [T] */
+    const int32_t *block_tables; /* [R, max_blocks_per_row] */
+    const int32_t *token_rows;   /* [T] */
+    const int32_t *ctx_lens;     /* [T] */
+} sw_step_meta;
+
+static void rms_norm_row(const float *restrict x, const float *restrict w, int64_t n, float eps, float *restrict out) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+}
+
+/* out[i] = silu(gate[i]) * up[i], silu(g) = g * sigmoid(g), sigmoid from exp(-|g|) <= 1. */
+static void silu_mul_row(const float *restrict gate, const float *restrict up, int64_t n, float *restrict out) {
+    int64_t i = 0;
+#ifdef SW_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = sw_exp256(_mm256_or_ps(g, sign)); /* exp(-|g|) */
+        const __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        const __m256 sig = _mm256_blendv_ps(_mm256_mul_ps(e, r), r, _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_GE_OQ));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < n; i++) {
+        const float e = expf(-fabsf(gate[i])), r = 1.0f / (1.0f + e);
+        out[i] = gate[i] * (gate[i] >= 0.0f ? r : e * r) * up[i];
+    }
+}
+
+/* Rotate one head in place (rotate-half layout) at position pos. */
+static void rope_head(float *v, const float *c, const float *sn, int64_t half) {
+    for (int64_t i = 0; i < half; i++) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * sn[i];
+        v[i + half] = b * c[i] + a * sn[i];
+    }
+}
+
+/* Quantize rows of x [T, k] and multiply by w: out (+)= x W^T. Worksharing; every thread calls it. */
+static void linear_ws(const sw_qweight *w, const float *x, int64_t T, void *act_work, float *out, int64_t ldo,
+                      int accumulate) {
+    sw_qact a;
+    sw_qact_init(&a, act_work, T, w->kb);
+    sw_quantize_rows_ws(x, T, w->k, w->k, &a);
+    sw_qgemm_ws(w, &a, T, out, ldo, accumulate);
+}
+
+/* Bytes of `work` sw_decoder_layer needs for T tokens. */
+int64_t sw_decoder_work_bytes(int64_t T, int64_t hidden, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                              int64_t intermediate) {
+    const int64_t wide = hidden > intermediate ? hidden : intermediate;
+    const int64_t q_size = num_heads * head_dim, qkv_n = q_size + 2 * num_kv_heads * head_dim;
+    const int64_t widest_in = wide > q_size ? wide : q_size;
+    const int64_t floats = T * (wide + qkv_n + q_size + 2 * intermediate);
+    return floats * (int64_t)sizeof(float) + sw_qact_bytes(T, (widest_in + SW_BLOCK - 1) / SW_BLOCK) + 64;
+}
+
+int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v_cache, const sw_step_meta *s,
+                     void *work) {
+    const int64_t T = s->num_tokens, H = s->hidden, D = s->head_dim, half = D / 2, I = s->intermediate;
+    const int64_t q_size = s->num_heads * D, kv_size = s->num_kv_heads * D, qkv_n = q_size + 2 * kv_size;
+    const int64_t group = s->num_heads / s->num_kv_heads, heads = s->num_heads + s->num_kv_heads;
+    if (group > SW_MAX_GROUP || D > SW_MAX_HEAD_DIM || s->block_size > SW_MAX_BLOCK || D % 2) return 2;
+    if (w->qkv.n != qkv_n || w->o.n != H || w->gate_up.n != 2 * I || w->down.n != H) return 3;
+    float *normed = (float *)work;                                    /* [T, max(H, I)] */
+    float *qkv = normed + T * (H > I ? H : I);                        /* [T, qkv_n] */
+    float *attn = qkv + T * qkv_n;                                    /* [T, q_size] */
+    float *gate_up = attn + T * q_size;                               /* [T, 2I] */
+    char *act = (char *)(((uintptr_t)(gate_up + T * 2 * I) + 63) & ~(uintptr_t)63); /* quantized rows */
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) rms_norm_row(x + t * H, w->input_norm, H, s->eps, normed + t * H);
+        linear_ws(&w->qkv, normed, T, act, qkv, qkv_n, 0);
+        /* RoPE on q and k heads (adjacent in qkv), then the token's K/V into its cache slot */
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < T * heads; item++) {
+            const int64_t t = item / heads, h = item % heads;
+            float *v = qkv + t * qkv_n + h * D;
+            rope_head(v, s->cos + s->positions[t] * half, s->sin + s->positions[t] * half, half);
+            if (h >= s->num_heads) {
+                const int64_t kvh = h - s->num_heads;
+                const int64_t off = ((s->slot_blocks[t] * s->num_kv_heads + kvh) * s->block_size + s->slot_offsets[t]) * D;
+                sw_store_kv(k_cache, s->kv_is_f16, off, v, D);
+                sw_store_kv(v_cache, s->kv_is_f16, off, qkv + t * qkv_n + q_size + kv_size + kvh * D, D);
+            }
+        }
+        /* round-robin: a prefill's later tokens see more keys, contiguous halves would be uneven */
+#pragma omp for schedule(static, 1)
+        for (int64_t item = 0; item < T * s->num_kv_heads; item++) {
+            const int64_t t = item / s->num_kv_heads, h = item % s->num_kv_heads;
+            const int32_t *table = s->block_tables + (int64_t)s->token_rows[t] * s->max_blocks_per_row;
+            sw_attend_item(qkv + t * qkv_n + h * group * D, k_cache, v_cache, s->kv_is_f16, table, s->ctx_lens[t], h,
+                           s->num_kv_heads, group, D, s->block_size, s->sm_scale, attn + t * q_size + h * group * D);
+        }
+        linear_ws(&w->o, attn, T, act, x, H, 1);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) rms_norm_row(x + t * H, w->post_norm, H, s->eps, normed + t * H);
+        linear_ws(&w->gate_up, normed, T, act, gate_up, 2 * I, 0);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) silu_mul_row(gate_up + t * 2 * I, gate_up + t * 2 * I + I, I, normed + t * I);
+        linear_ws(&w->down, normed, T, act, x, H, 1);
+    }
+    return 0;
+}

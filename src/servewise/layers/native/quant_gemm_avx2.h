@@ -1,0 +1,107 @@
+/* AVX2 tiles of quant_gemm.c (included there only when compiled for avx2).
+ *
+ * A 16-column tile is two halves of 8 columns, one ymm lane per column. Dot products go
+ * through vpmaddubsw (u8 x s8 -> pairs summed in s16) and vpmaddwd against ones (-> s32).
+ * Each activation plane (hi, lo) is one pass. Every intermediate is exact: for 4-bit codes,
+ * 8 vpmaddubsw results summed in s16 stay below 8 * 2 * 15 * 127 = 30480 < 32767; 8-bit
+ * weights use the sign trick (|w| x sign(x, w), pairs below 2 * 128 * 127 = 32512) and
+ * widen to s32 after each k-group.
+ */
+#define SW_MR 4
+
+static inline __attribute__((always_inline)) void store8(float *o, __m256 acc, const float *bias, int64_t col0,
+                                                         int64_t cols, int accumulate) {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(cols > 8 ? 8 : cols)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 v = acc;
+    if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias + col0, mask));
+    if (accumulate) v = _mm256_add_ps(_mm256_maskload_ps(o, mask), v);
+    _mm256_maskstore_ps(o, mask, v);
+}
+
+static inline __attribute__((always_inline)) void q4_half(const sw_qweight *w, const uint8_t *tile,
+                                                          const sw_qact *a, int64_t r0, const int mr, float *out,
+                                                          int64_t ldo, int64_t col0, int half, int accumulate) {
+    const int64_t kb = w->kb;
+    const uint8_t *scales = tile + kb * 256;
+    const __m256i low = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1);
+    __m256 acc[SW_MR];
+    for (int r = 0; r < mr; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < kb; b++) {
+        const uint8_t *cb = tile + b * 256 + 32 * half;
+        __m256i wv[8];
+        for (int c = 0; c < 4; c++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(cb + 64 * c));
+            wv[c] = _mm256_and_si256(v, low);
+            wv[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * 64 + 16 * half)));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * 64 + 32 + 16 * half)));
+        for (int r = 0; r < mr; r++) {
+            const block_out x = block_at(a, r0 + r, b);
+            __m256i h16 = _mm256_setzero_si256(), l16 = _mm256_setzero_si256();
+            for (int g = 0; g < 8; g++) {
+                h16 = _mm256_add_epi16(h16, _mm256_maddubs_epi16(wv[g], _mm256_set1_epi32(load_i32(x.hi + 4 * g))));
+                l16 = _mm256_add_epi16(l16, _mm256_maddubs_epi16(wv[g], _mm256_set1_epi32(load_i32(x.lo + 4 * g))));
+            }
+            const __m256i s = _mm256_add_epi32(_mm256_slli_epi32(_mm256_madd_epi16(h16, ones16), 7),
+                                               _mm256_madd_epi16(l16, ones16));
+            const int64_t i = (r0 + r) * kb + b;
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[i])), acc[r]);
+            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[i]), acc[r]);
+        }
+    }
+    for (int r = 0; r < mr; r++) store8(out + (r0 + r) * ldo + col0, acc[r], w->bias, col0, w->n - col0, accumulate);
+}
+
+static inline __attribute__((always_inline)) void q8_half(const sw_qweight *w, const uint8_t *tile,
+                                                          const sw_qact *a, int64_t r0, const int mr, float *out,
+                                                          int64_t ldo, int64_t col0, int half, int accumulate) {
+    const int64_t kb = w->kb;
+    const uint8_t *scales = tile + kb * 512;
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256 acc[SW_MR];
+    for (int r = 0; r < mr; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < kb; b++) {
+        const uint8_t *cb = tile + b * 512 + 32 * half;
+        __m256i sh[SW_MR], sl[SW_MR];
+        for (int r = 0; r < mr; r++) sh[r] = sl[r] = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            const __m256i wg = _mm256_loadu_si256((const __m256i *)(cb + 64 * g));
+            const __m256i aw = _mm256_abs_epi8(wg);
+            for (int r = 0; r < mr; r++) {
+                const block_out x = block_at(a, r0 + r, b);
+                const __m256i xh = _mm256_set1_epi32(load_i32(x.hi + 4 * g)), xl = _mm256_set1_epi32(load_i32(x.lo + 4 * g));
+                sh[r] = _mm256_add_epi32(sh[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xh, wg)), ones16));
+                sl[r] = _mm256_add_epi32(sl[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xl, wg)), ones16));
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * 32 + 16 * half)));
+        for (int r = 0; r < mr; r++) {
+            const int64_t i = (r0 + r) * kb + b;
+            const __m256i s = _mm256_add_epi32(_mm256_slli_epi32(sh[r], 7), sl[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[i])), acc[r]);
+        }
+    }
+    for (int r = 0; r < mr; r++) store8(out + (r0 + r) * ldo + col0, acc[r], w->bias, col0, w->n - col0, accumulate);
+}
+
+static void sw_tile_simd(const sw_qweight *w, const uint8_t *tile, const sw_qact *a, int64_t r0, int64_t mr,
+                         float *out, int64_t ldo, int64_t n0, int accumulate) {
+    const int64_t end = r0 + mr;
+#define SW_ROWS_CASE(n)                                                              \
+    case n:                                                                          \
+        if (w->bits == 4) q4_half(w, tile, a, r, n, out, ldo, col0, half, accumulate); \
+        else q8_half(w, tile, a, r, n, out, ldo, col0, half, accumulate);            \
+        break;
+    for (int half = 0; half < 2; half++) {
+        const int64_t col0 = n0 + 8 * half;
+        if (col0 >= w->n) break;
+        for (int64_t r = r0; r < end; r += SW_MR) {
+            switch (end - r >= SW_MR ? SW_MR : end - r) {
+                SW_ROWS_CASE(1) SW_ROWS_CASE(2) SW_ROWS_CASE(3) SW_ROWS_CASE(4)
+            }
+        }
+    }
+#undef SW_ROWS_CASE
+}
