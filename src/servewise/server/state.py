@@ -88,7 +88,7 @@ class ServerState:
             return
         engine.start(loop)
         info = engine.model_info
-        self.metrics = ServerMetrics(info.name, self.stats, self.slo.metric_samples)
+        self.metrics = ServerMetrics(info.name, self.stats, self.slo.metric_samples, cpu_kernels=info.cpu_kernels)
         self.formatter = LogprobFormatter(engine.tokenizer)
         self.fingerprint = "fp_" + hashlib.sha256(f"{__version__}|{info.path}|{self.engine_config}".encode()
                                                   ).hexdigest()[:10]

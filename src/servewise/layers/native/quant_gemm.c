@@ -18,6 +18,7 @@
 #include "sw_kernels.h"
 
 #define SW_PANEL_ROWS 256 /* rows of activations kept in L2 while a weight tile is reused */
+#define SW_PREFETCH_ROWS 16 /* up to this many rows a tile is computed faster than DRAM delivers it */
 
 static inline int32_t load_i32(const void *p) {
     int32_t v;
@@ -166,6 +167,14 @@ void sw_quantize_rows_ws(const float *x, int64_t m, int64_t k, int64_t ldx, cons
     }
 }
 
+/* Block b of a tile: its code lines and its scales. */
+static inline void sw_prefetch_block(const sw_qweight *w, const uint8_t *tile, int64_t b) {
+    if (!tile) return;
+    const int64_t code_bytes = w->bits == 4 ? 256 : 512, scale_bytes = w->bits == 4 ? 64 : 32;
+    for (int64_t off = 0; off < code_bytes; off += 64) __builtin_prefetch(tile + b * code_bytes + off, 0, 3);
+    __builtin_prefetch(tile + w->kb * code_bytes + b * scale_bytes, 0, 3);
+}
+
 /* ---- output: out = acc (+ bias), or out += acc (+ bias) for a residual ----------------- */
 static inline float finish_scalar(float acc, const float *bias, int64_t col, float prev, int accumulate) {
     float v = bias ? acc + bias[col] : acc;
@@ -216,9 +225,13 @@ static void tile_generic(const sw_qweight *w, const uint8_t *tile, const sw_qact
 static void tile_rows(const sw_qweight *w, int64_t t, const sw_qact *a, int64_t r0, int64_t mr, float *out,
                       int64_t ldo, int accumulate) {
     const uint8_t *tile = w->tiles + t * w->tile_bytes;
+    /* A few rows stream the weights from DRAM faster than the out-of-order window can request
+     * them: each block also asks for the same block of the next tile (sw_prefetch_block). */
+    const uint8_t *next = mr <= SW_PREFETCH_ROWS && (t + 2) * SW_TILE_ROWS < w->n ? tile + 2 * w->tile_bytes : NULL;
 #if defined(SW_AVX512) || defined(SW_AVX2)
-    sw_tile_simd(w, tile, a, r0, mr, out, ldo, t * SW_TILE_ROWS, accumulate);
+    sw_tile_simd(w, tile, next, a, r0, mr, out, ldo, t * SW_TILE_ROWS, accumulate);
 #else
+    (void)next;
     tile_generic(w, tile, a, r0, mr, out, ldo, t * SW_TILE_ROWS, accumulate);
 #endif
 }

@@ -19,15 +19,22 @@ static inline __attribute__((always_inline)) void store8(float *o, __m256 acc, c
     _mm256_maskstore_ps(o, mask, v);
 }
 
-static inline __attribute__((always_inline)) void q4_half(const sw_qweight *w, const uint8_t *tile,
-                                                          const sw_qact *a, int64_t r0, const int mr, float *out,
-                                                          int64_t ldo, int64_t col0, int half, int accumulate) {
+/* Columns [8 * half0, 8 * (half0 + nh)) of a tile for rows [r0, r0 + mr). nh = 2 walks each
+ * weight line once (few rows: streaming from DRAM), nh = 1 leaves registers for more rows. */
+static inline __attribute__((always_inline)) void q4_cols(const sw_qweight *w, const uint8_t *tile,
+                                                          const uint8_t *next, const sw_qact *a, int64_t r0, const int mr, float *out,
+                                                          int64_t ldo, int64_t n0, const int half0, const int nh,
+                                                          int accumulate) {
     const int64_t kb = w->kb;
     const uint8_t *scales = tile + kb * 256;
     const __m256i low = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1);
-    __m256 acc[SW_MR];
-    for (int r = 0; r < mr; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < kb; b++) {
+    __m256 accs[2][SW_MR];
+    for (int h = 0; h < nh; h++)
+        for (int r = 0; r < mr; r++) accs[h][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < kb; b++) for (int h = 0; h < nh; h++) {
+        if (h == 0 && half0 == 0) sw_prefetch_block(w, next, b);
+        const int half = half0 + h;
+        __m256 *acc = accs[h];
         const uint8_t *cb = tile + b * 256 + 32 * half;
         __m256i wv[8];
         for (int c = 0; c < 4; c++) {
@@ -51,18 +58,26 @@ static inline __attribute__((always_inline)) void q4_half(const sw_qweight *w, c
             acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[i]), acc[r]);
         }
     }
-    for (int r = 0; r < mr; r++) store8(out + (r0 + r) * ldo + col0, acc[r], w->bias, col0, w->n - col0, accumulate);
+    for (int h = 0; h < nh; h++) {
+        const int64_t col0 = n0 + 8 * (half0 + h);
+        for (int r = 0; r < mr; r++) store8(out + (r0 + r) * ldo + col0, accs[h][r], w->bias, col0, w->n - col0, accumulate);
+    }
 }
 
-static inline __attribute__((always_inline)) void q8_half(const sw_qweight *w, const uint8_t *tile,
-                                                          const sw_qact *a, int64_t r0, const int mr, float *out,
-                                                          int64_t ldo, int64_t col0, int half, int accumulate) {
+static inline __attribute__((always_inline)) void q8_cols(const sw_qweight *w, const uint8_t *tile,
+                                                          const uint8_t *next, const sw_qact *a, int64_t r0, const int mr, float *out,
+                                                          int64_t ldo, int64_t n0, const int half0, const int nh,
+                                                          int accumulate) {
     const int64_t kb = w->kb;
     const uint8_t *scales = tile + kb * 512;
     const __m256i ones16 = _mm256_set1_epi16(1);
-    __m256 acc[SW_MR];
-    for (int r = 0; r < mr; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < kb; b++) {
+    __m256 accs[2][SW_MR];
+    for (int h = 0; h < nh; h++)
+        for (int r = 0; r < mr; r++) accs[h][r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < kb; b++) for (int h = 0; h < nh; h++) {
+        if (h == 0 && half0 == 0) sw_prefetch_block(w, next, b);
+        const int half = half0 + h;
+        __m256 *acc = accs[h];
         const uint8_t *cb = tile + b * 512 + 32 * half;
         __m256i sh[SW_MR], sl[SW_MR];
         for (int r = 0; r < mr; r++) sh[r] = sl[r] = _mm256_setzero_si256();
@@ -83,25 +98,35 @@ static inline __attribute__((always_inline)) void q8_half(const sw_qweight *w, c
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[i])), acc[r]);
         }
     }
-    for (int r = 0; r < mr; r++) store8(out + (r0 + r) * ldo + col0, acc[r], w->bias, col0, w->n - col0, accumulate);
+    for (int h = 0; h < nh; h++) {
+        const int64_t col0 = n0 + 8 * (half0 + h);
+        for (int r = 0; r < mr; r++) store8(out + (r0 + r) * ldo + col0, accs[h][r], w->bias, col0, w->n - col0, accumulate);
+    }
 }
 
-static void sw_tile_simd(const sw_qweight *w, const uint8_t *tile, const sw_qact *a, int64_t r0, int64_t mr,
+/* Rows [r0, r0 + mr) against one tile. Up to 2 rows: both halves per block (each weight line
+ * read once while it streams in); more: one half at a time, SW_MR rows per pass. Each row
+ * is computed the same way either way. */
+static void sw_tile_simd(const sw_qweight *w, const uint8_t *tile, const uint8_t *next, const sw_qact *a, int64_t r0, int64_t mr,
                          float *out, int64_t ldo, int64_t n0, int accumulate) {
+#define SW_COLS(rows, half0, nh)                                                           \
+    if (w->bits == 4) q4_cols(w, tile, next, a, r, rows, out, ldo, n0, half0, nh, accumulate); \
+    else q8_cols(w, tile, next, a, r, rows, out, ldo, n0, half0, nh, accumulate);
     const int64_t end = r0 + mr;
-#define SW_ROWS_CASE(n)                                                              \
-    case n:                                                                          \
-        if (w->bits == 4) q4_half(w, tile, a, r, n, out, ldo, col0, half, accumulate); \
-        else q8_half(w, tile, a, r, n, out, ldo, col0, half, accumulate);            \
-        break;
-    for (int half = 0; half < 2; half++) {
-        const int64_t col0 = n0 + 8 * half;
-        if (col0 >= w->n) break;
-        for (int64_t r = r0; r < end; r += SW_MR) {
+    int64_t r = r0;
+    if (mr <= 2) {
+        if (mr == 2) { SW_COLS(2, 0, 2) } else { SW_COLS(1, 0, 2) }
+        return;
+    }
+    for (int half = 0; half < 2 && n0 + 8 * half < w->n; half++) {
+        for (r = r0; r < end; r += SW_MR) {
             switch (end - r >= SW_MR ? SW_MR : end - r) {
-                SW_ROWS_CASE(1) SW_ROWS_CASE(2) SW_ROWS_CASE(3) SW_ROWS_CASE(4)
+            case 1: SW_COLS(1, half, 1) break;
+            case 2: SW_COLS(2, half, 1) break;
+            case 3: SW_COLS(3, half, 1) break;
+            default: SW_COLS(4, half, 1) break;
             }
         }
     }
-#undef SW_ROWS_CASE
+#undef SW_COLS
 }

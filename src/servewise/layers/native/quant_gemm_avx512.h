@@ -18,7 +18,7 @@ static inline __attribute__((always_inline)) void store16(float *o, __m512 acc, 
 
 /* 4-bit: codes (u8 0..15) are vpdpbusd's unsigned operand, activations its signed one. */
 static inline __attribute__((always_inline)) void q4_rows(const sw_qweight *w, const uint8_t *tile,
-                                                          const sw_qact *a, int64_t r0, const int mr, float *out,
+                                                          const uint8_t *next, const sw_qact *a, int64_t r0, const int mr, float *out,
                                                           int64_t ldo, int64_t n0, int accumulate) {
     const int64_t kb = w->kb;
     const uint8_t *scales = tile + kb * 256;
@@ -26,6 +26,7 @@ static inline __attribute__((always_inline)) void q4_rows(const sw_qweight *w, c
     __m512 acc[SW_MR];
     for (int r = 0; r < mr; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < kb; b++) {
+        sw_prefetch_block(w, next, b);
         const uint8_t *cb = tile + b * 256;
         __m512i wv[8];
         for (int c = 0; c < 4; c++) {
@@ -57,7 +58,7 @@ static inline __attribute__((always_inline)) void q4_rows(const sw_qweight *w, c
  * more vpdpbusd chain against ones, shared by every row) and subtracted, 129 times in all
  * once hi is scaled by 128: the result is the exact sum(q * w). */
 static inline __attribute__((always_inline)) void q8_rows(const sw_qweight *w, const uint8_t *tile,
-                                                          const sw_qact *a, int64_t r0, const int mr, float *out,
+                                                          const uint8_t *next, const sw_qact *a, int64_t r0, const int mr, float *out,
                                                           int64_t ldo, int64_t n0, int accumulate) {
     const int64_t kb = w->kb;
     const uint8_t *scales = tile + kb * 512;
@@ -65,6 +66,7 @@ static inline __attribute__((always_inline)) void q8_rows(const sw_qweight *w, c
     __m512 acc[SW_MR];
     for (int r = 0; r < mr; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < kb; b++) {
+        sw_prefetch_block(w, next, b);
         const uint8_t *cb = tile + b * 512;
         __m512i wv[8];
         __m512i wsum = _mm512_setzero_si512();
@@ -92,14 +94,14 @@ static inline __attribute__((always_inline)) void q8_rows(const sw_qweight *w, c
 
 /* Rows [r0, r0 + mr) against one tile, SW_MR rows at a time (each row is computed the same
  * way whichever group it falls in). */
-static void sw_tile_simd(const sw_qweight *w, const uint8_t *tile, const sw_qact *a, int64_t r0, int64_t mr,
+static void sw_tile_simd(const sw_qweight *w, const uint8_t *tile, const uint8_t *next, const sw_qact *a, int64_t r0, int64_t mr,
                          float *out, int64_t ldo, int64_t n0, int accumulate) {
     int64_t r = r0;
     const int64_t end = r0 + mr;
 #define SW_ROWS_CASE(n)                                                        \
     case n:                                                                    \
-        if (w->bits == 4) q4_rows(w, tile, a, r, n, out, ldo, n0, accumulate); \
-        else q8_rows(w, tile, a, r, n, out, ldo, n0, accumulate);              \
+        if (w->bits == 4) q4_rows(w, tile, next, a, r, n, out, ldo, n0, accumulate); \
+        else q8_rows(w, tile, next, a, r, n, out, ldo, n0, accumulate);              \
         break;
     for (; r < end; r += SW_MR) {
         switch (end - r >= SW_MR ? SW_MR : end - r) {
