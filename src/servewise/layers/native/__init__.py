@@ -28,8 +28,8 @@ from servewise.layers.native.isa import ISAS, CpuFeatures, choose_isa
 logger = logging.getLogger(__name__)
 
 _DIR = Path(__file__).parent
-_SOURCES = ("quant_gemm.c", "paged_attention.c", "decoder_layer.c")
-_HEADERS = ("sw_kernels.h", "quant_gemm_avx512.h", "quant_gemm_avx2.h")
+_SOURCES = ("quant_gemm.c", "paged_attention.c", "attention_tile.c", "decoder_layer.c")
+_HEADERS = ("sw_kernels.h", "simd_vec.h", "quant_gemm_avx512.h", "quant_gemm_avx2.h")
 # -ffp-contract=off: only the FMAs written in the source, so every build rounds alike.
 _COMMON_FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 ISA_FLAGS: dict[str, tuple[str, ...]] = {

@@ -80,7 +80,20 @@ int64_t sw_decoder_work_bytes(int64_t T, int64_t hidden, int64_t num_heads, int6
     const int64_t q_size = num_heads * head_dim, qkv_n = q_size + 2 * num_kv_heads * head_dim;
     const int64_t widest_in = wide > q_size ? wide : q_size;
     const int64_t floats = T * (wide + qkv_n + q_size + 2 * intermediate);
-    return floats * (int64_t)sizeof(float) + sw_qact_bytes(T, (widest_in + SW_BLOCK - 1) / SW_BLOCK) + 64;
+    return floats * (int64_t)sizeof(float) + sw_qact_bytes(T, (widest_in + SW_BLOCK - 1) / SW_BLOCK) + 64 +
+           (T + 1) * (int64_t)sizeof(int64_t);
+}
+
+/* Runs of at most SW_TILE_TOKENS consecutive tokens of the same request (same block-table
+ * row): starts[i] .. starts[i + 1]. Returns the number of tiles. */
+static int64_t attention_tiles(const sw_step_meta *s, int64_t *starts) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < s->num_tokens; t++) {
+        if (t == 0 || s->token_rows[t] != s->token_rows[t - 1] || t - starts[n - 1] == SW_TILE_TOKENS)
+            starts[n++] = t;
+    }
+    starts[n] = s->num_tokens;
+    return n;
 }
 
 int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v_cache, const sw_step_meta *s,
@@ -95,6 +108,9 @@ int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v
     float *attn = qkv + T * qkv_n;                                    /* [T, q_size] */
     float *gate_up = attn + T * q_size;                               /* [T, 2I] */
     char *act = (char *)(((uintptr_t)(gate_up + T * 2 * I) + 63) & ~(uintptr_t)63); /* quantized rows */
+    const int64_t widest_in = (H > I ? H : I) > q_size ? (H > I ? H : I) : q_size;
+    int64_t *tiles = (int64_t *)(act + sw_qact_bytes(T, (widest_in + SW_BLOCK - 1) / SW_BLOCK));
+    const int64_t num_tiles = attention_tiles(s, tiles);
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
@@ -113,13 +129,14 @@ int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v
                 sw_store_kv(v_cache, s->kv_is_f16, off, qkv + t * qkv_n + q_size + kv_size + kvh * D, D);
             }
         }
-        /* round-robin: a prefill's later tokens see more keys, contiguous halves would be uneven */
-#pragma omp for schedule(static, 1)
-        for (int64_t item = 0; item < T * s->num_kv_heads; item++) {
-            const int64_t t = item / s->num_kv_heads, h = item % s->num_kv_heads;
+        /* dynamic: a prefill's later tiles see more keys than its first ones */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < num_tiles * s->num_kv_heads; item++) {
+            const int64_t i = item / s->num_kv_heads, h = item % s->num_kv_heads, t = tiles[i];
             const int32_t *table = s->block_tables + (int64_t)s->token_rows[t] * s->max_blocks_per_row;
-            sw_attend_item(qkv + t * qkv_n + h * group * D, k_cache, v_cache, s->kv_is_f16, table, s->ctx_lens[t], h,
-                           s->num_kv_heads, group, D, s->block_size, s->sm_scale, attn + t * q_size + h * group * D);
+            sw_attend_tile(qkv + t * qkv_n + h * group * D, qkv_n, s->ctx_lens + t, tiles[i + 1] - t, k_cache, v_cache,
+                           s->kv_is_f16, table, h, s->num_kv_heads, group, D, s->block_size, s->sm_scale,
+                           attn + t * q_size + h * group * D, q_size);
         }
         linear_ws(&w->o, attn, T, act, x, H, 1);
 #pragma omp for schedule(static)

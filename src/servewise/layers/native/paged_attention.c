@@ -2,8 +2,8 @@
  *
  * Every output element is computed in a fixed order that depends only on its own inputs,
  * never on how many other tokens share the call: a request's results do not depend on the
- * batch it is in. AVX2+FMA path (also used by the avx512 build) with a portable fallback
- * (the fallback sums in a different order, but the same order for every batch).
+ * batch it is in. The SIMD builds go through the tiled kernel (attention_tile.c); this file
+ * holds the portable path, the standalone kernel the PyTorch layers call, and K/V stores.
  */
 #include <float.h>
 #include <math.h>
@@ -70,8 +70,7 @@ static inline void scale(float alpha, float *restrict y, int64_t n) {
 /* paged attention                                                                       */
 /*
  * One work item = one query token x one KV head; its G query heads are computed
- * together so every K/V row is loaded (and converted) once. Softmax is online, block
- * by block. Layouts (contiguous):
+ * together. Softmax is online, block by block. Layouts (contiguous):
  *   q, out        [num_tokens, num_q_heads, head_dim] fp32
  *   k/v_cache     [num_blocks, num_kv_heads, block_size, head_dim] fp32 or fp16
  *   block_tables  [num_rows, max_blocks_per_row] int32
@@ -97,10 +96,12 @@ static void online_softmax_finish(float acc[][SW_MAX_HEAD_DIM], const float *run
     }
 }
 
-static void attend_item(const float *restrict qh, const char *k_cache, const char *v_cache, int is_f16,
-                        const int32_t *restrict table, int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads,
-                        int64_t group, int64_t head_dim, int64_t block_size, float sm_scale,
-                        float *restrict out_h) {
+/* The portable path (and the fallback for head sizes the SIMD tile does not take). */
+void sw_attend_item_scalar(const float *restrict qh, const void *k_cache_v, const void *v_cache_v, int is_f16,
+                           const int32_t *restrict table, int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads,
+                           int64_t group, int64_t head_dim, int64_t block_size, float sm_scale,
+                           float *restrict out_h) {
+    const char *k_cache = (const char *)k_cache_v, *v_cache = (const char *)v_cache_v;
     float acc[SW_MAX_GROUP][SW_MAX_HEAD_DIM];
     float run_max[SW_MAX_GROUP], run_sum[SW_MAX_GROUP];
     float scores[SW_MAX_GROUP][SW_MAX_BLOCK];
@@ -142,133 +143,6 @@ static void attend_item(const float *restrict qh, const char *k_cache, const cha
     online_softmax_finish(acc, run_sum, group, head_dim, out_h);
 }
 
-#ifdef SW_AVX2
-static inline __attribute__((always_inline)) __m256 ld8(const char *p, int is_f16) {
-    return is_f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_ps((const float *)p);
-}
-
-/* Scores of one query head against 8 consecutive key rows: [q·k0, ..., q·k7]. */
-static inline __attribute__((always_inline)) __m256 scores8(const float *restrict qg, const char *k, int64_t row_bytes, int64_t head_dim,
-                             int is_f16) {
-    const int64_t step = is_f16 ? 16 : 32; /* bytes per 8 elements */
-    __m256 a[8];
-    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < head_dim; d += 8) {
-        const __m256 qv = _mm256_loadu_ps(qg + d);
-        const int64_t off = (d / 8) * step;
-        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, ld8(k + j * row_bytes + off, is_f16), a[j]);
-    }
-    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-
-/* The vector path: head_dim % 8 == 0, block_size % 8 == 0. Same maths as attend_item.
- * Always inlined into one copy per cache dtype so the fp16/fp32 choice is a constant. */
-static inline __attribute__((always_inline)) void attend_item_avx2(const float *restrict qh, const char *k_cache, const char *v_cache, int is_f16,
-                             const int32_t *restrict table, int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads,
-                             int64_t group, int64_t head_dim, int64_t block_size, float sm_scale,
-                             float *restrict out_h) {
-    float acc[SW_MAX_GROUP][SW_MAX_HEAD_DIM];
-    float run_max[SW_MAX_GROUP], run_sum[SW_MAX_GROUP];
-    float scores[SW_MAX_GROUP][SW_MAX_BLOCK];
-    const int64_t row_bytes = head_dim * (is_f16 ? 2 : 4);
-    const int64_t block_bytes = num_kv_heads * block_size * row_bytes;
-    const __m256 vscale = _mm256_set1_ps(sm_scale);
-    online_softmax_init(acc, run_max, run_sum, group, head_dim);
-    const int64_t num_blocks = (ctx_len + block_size - 1) / block_size;
-    for (int64_t b = 0; b < num_blocks; b++) {
-        const int64_t n = (b == num_blocks - 1) ? ctx_len - b * block_size : block_size;
-        const int64_t padded = (n + 7) & ~(int64_t)7;
-        const int64_t base = (int64_t)table[b] * block_bytes + kv_head * block_size * row_bytes;
-        const char *kb = k_cache + base, *vb = v_cache + base;
-        for (int64_t g = 0; g < group; g++) {
-            /* scores of the block (lanes past the context masked to -inf), their max */
-            __m256 vmax8 = _mm256_set1_ps(-FLT_MAX);
-            for (int64_t j = 0; j < padded; j += 8) {
-                __m256 s8 = _mm256_mul_ps(scores8(qh + g * head_dim, kb + j * row_bytes, row_bytes, head_dim, is_f16),
-                                          vscale);
-                if (j + 8 > n) {
-                    const __m256 lane = _mm256_add_ps(_mm256_set1_ps((float)j),
-                                                      _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7));
-                    s8 = _mm256_blendv_ps(s8, _mm256_set1_ps(-FLT_MAX),
-                                          _mm256_cmp_ps(lane, _mm256_set1_ps((float)n), _CMP_GE_OQ));
-                }
-                _mm256_storeu_ps(&scores[g][j], s8);
-                vmax8 = _mm256_max_ps(vmax8, s8);
-            }
-            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax8), _mm256_extractf128_ps(vmax8, 1));
-            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-            const float block_max = _mm_cvtss_f32(m4);
-            const float new_max = block_max > run_max[g] ? block_max : run_max[g];
-            const float correction = expf(run_max[g] - new_max);
-            run_max[g] = new_max;
-            const __m256 vmax = _mm256_set1_ps(new_max);
-            __m256 vsum = _mm256_setzero_ps();
-            for (int64_t j = 0; j < padded; j += 8) {
-                __m256 p = sw_exp256(_mm256_sub_ps(_mm256_loadu_ps(&scores[g][j]), vmax));
-                if (j + 8 > n) {
-                    const __m256 lane = _mm256_add_ps(_mm256_set1_ps((float)j),
-                                                      _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7));
-                    p = _mm256_andnot_ps(_mm256_cmp_ps(lane, _mm256_set1_ps((float)n), _CMP_GE_OQ), p);
-                }
-                _mm256_storeu_ps(&scores[g][j], p);
-                vsum = _mm256_add_ps(vsum, p);
-            }
-            __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(vsum), _mm256_extractf128_ps(vsum, 1));
-            s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-            run_sum[g] = run_sum[g] * correction + _mm_cvtss_f32(s4);
-            /* acc = acc * correction + sum_j p_j v_j, 64 dims (8 independent FMA chains) at a time */
-            float *restrict ag = acc[g];
-            const __m256 vc = _mm256_set1_ps(correction);
-            const int64_t step = is_f16 ? 16 : 32;
-            for (int64_t d0 = 0; d0 < head_dim; d0 += 64) {
-                const int64_t chunks = (head_dim - d0) >= 64 ? 8 : (head_dim - d0) / 8;
-                __m256 a[8];
-                for (int64_t c = 0; c < chunks; c++) a[c] = _mm256_mul_ps(_mm256_loadu_ps(ag + d0 + 8 * c), vc);
-                for (int64_t j = 0; j < n; j++) {
-                    const __m256 p = _mm256_set1_ps(scores[g][j]);
-                    const char *vrow = vb + j * row_bytes + (d0 / 8) * step;
-                    for (int64_t c = 0; c < chunks; c++) a[c] = _mm256_fmadd_ps(p, ld8(vrow + c * step, is_f16), a[c]);
-                }
-                for (int64_t c = 0; c < chunks; c++) _mm256_storeu_ps(ag + d0 + 8 * c, a[c]);
-            }
-        }
-    }
-    online_softmax_finish(acc, run_sum, group, head_dim, out_h);
-}
-static void attend_item_avx2_f32(const float *qh, const char *k_cache, const char *v_cache, const int32_t *table,
-                                 int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads, int64_t group,
-                                 int64_t head_dim, int64_t block_size, float sm_scale, float *out_h) {
-    attend_item_avx2(qh, k_cache, v_cache, 0, table, ctx_len, kv_head, num_kv_heads, group, head_dim, block_size,
-                     sm_scale, out_h);
-}
-
-static void attend_item_avx2_f16(const float *qh, const char *k_cache, const char *v_cache, const int32_t *table,
-                                 int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads, int64_t group,
-                                 int64_t head_dim, int64_t block_size, float sm_scale, float *out_h) {
-    attend_item_avx2(qh, k_cache, v_cache, 1, table, ctx_len, kv_head, num_kv_heads, group, head_dim, block_size,
-                     sm_scale, out_h);
-}
-#endif
-
-void sw_attend_item(const float *qh, const void *k_cache, const void *v_cache, int is_f16, const int32_t *table,
-                    int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads, int64_t group, int64_t head_dim,
-                    int64_t block_size, float sm_scale, float *out_h) {
-#ifdef SW_AVX2
-    if (head_dim % 8 == 0 && block_size % 8 == 0) {
-        (is_f16 ? attend_item_avx2_f16 : attend_item_avx2_f32)(qh, (const char *)k_cache, (const char *)v_cache, table,
-                                                             ctx_len, kv_head, num_kv_heads, group, head_dim,
-                                                             block_size, sm_scale, out_h);
-        return;
-    }
-#endif
-    attend_item(qh, (const char *)k_cache, (const char *)v_cache, is_f16, table, ctx_len, kv_head, num_kv_heads,
-                group, head_dim, block_size, sm_scale, out_h);
-}
-
 int sw_paged_attention(const float *q, const void *k_cache, const void *v_cache, int is_f16,
                        const int32_t *block_tables, int64_t max_blocks_per_row, const int32_t *token_rows,
                        const int32_t *ctx_lens, float *out, int64_t num_tokens, int64_t num_q_heads,
@@ -282,8 +156,8 @@ int sw_paged_attention(const float *q, const void *k_cache, const void *v_cache,
         const int64_t t = item / num_kv_heads, h = item % num_kv_heads;
         const int32_t *table = block_tables + (int64_t)token_rows[t] * max_blocks_per_row;
         const int64_t offset = (t * num_q_heads + h * group) * head_dim;
-        sw_attend_item(q + offset, k_cache, v_cache, is_f16, table, ctx_lens[t], h, num_kv_heads, group, head_dim,
-                       block_size, sm_scale, out + offset);
+        sw_attend_tile(q + offset, 0, ctx_lens + t, 1, k_cache, v_cache, is_f16, table, h, num_kv_heads, group,
+                       head_dim, block_size, sm_scale, out + offset, 0);
     }
     return 0;
 }

@@ -116,9 +116,17 @@ void sw_quantize_rows_ws(const float *x, int64_t m, int64_t k, int64_t ldx, cons
 void sw_qgemm_ws(const sw_qweight *w, const sw_qact *a, int64_t m, float *out, int64_t ldo, int accumulate);
 
 /* ---- paged attention -------------------------------------------------------------------- */
-void sw_attend_item(const float *qh, const void *k_cache, const void *v_cache, int is_f16, const int32_t *table,
-                    int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads, int64_t group, int64_t head_dim,
-                    int64_t block_size, float sm_scale, float *out_h);
+#define SW_TILE_TOKENS 16 /* query tokens of one request that share each K/V chunk */
+
+/* ntok tokens of one request (token t's query heads at q + t * q_stride, visible keys
+ * ctx_lens[t]) against one KV head; out likewise. attention_tile.c. */
+void sw_attend_tile(const float *q, int64_t q_stride, const int32_t *ctx_lens, int64_t ntok, const void *k_cache,
+                    const void *v_cache, int is_f16, const int32_t *table, int64_t kv_head, int64_t num_kv_heads,
+                    int64_t group, int64_t head_dim, int64_t block_size, float sm_scale, float *out,
+                    int64_t out_stride);
+void sw_attend_item_scalar(const float *qh, const void *k_cache, const void *v_cache, int is_f16, const int32_t *table,
+                           int64_t ctx_len, int64_t kv_head, int64_t num_kv_heads, int64_t group, int64_t head_dim,
+                           int64_t block_size, float sm_scale, float *out_h);
 void sw_store_kv(void *cache, int is_f16, int64_t offset, const float *src, int64_t n);
 
 #endif
