@@ -25,18 +25,40 @@ typedef struct {
     int is_f16;
 } kv_view;
 
-static inline int64_t row_offset(const kv_view *kv, int64_t pos) {
-    const int64_t bs = kv->block_size;
-    return ((int64_t)kv->table[pos / bs] * kv->num_kv_heads * bs + kv->kv_head * bs + pos % bs) * kv->row_bytes;
+/* Byte offsets of the K/V rows of positions [c0, c0 + n) (one division per chunk, not per row). */
+static inline void row_offsets(const kv_view *kv, int64_t c0, int64_t n, int64_t *off) {
+    const int64_t bs = kv->block_size, head_rows = kv->kv_head * bs;
+    int64_t block = c0 / bs, pos = c0 % bs;
+    for (int64_t j = 0; j < n; j++) {
+        off[j] = ((int64_t)kv->table[block] * kv->num_kv_heads * bs + head_rows + pos) * kv->row_bytes;
+        if (++pos == bs) {
+            pos = 0;
+            block++;
+        }
+    }
 }
 
 static inline vf load_vf(const char *p, int is_f16) { return is_f16 ? vf_load_f16(p) : vf_load((const float *)p); }
+
+/* A request's blocks lie anywhere in the pool, so hardware prefetchers cannot guess the next
+ * chunk: request its K/V rows while this one is computed. */
+static void prefetch_chunk(const kv_view *kv, int64_t c0, int64_t n) {
+    int64_t off[SW_VW];
+    row_offsets(kv, c0, n, off);
+    for (int64_t j = 0; j < n; j++) {
+        for (int64_t b = 0; b < kv->row_bytes; b += 64) {
+            __builtin_prefetch(kv->k + off[j] + b, 0, 3);
+            __builtin_prefetch(kv->v + off[j] + b, 0, 3);
+        }
+    }
+}
 
 /* Keys [c0, c0 + n) (zero past n): KT [D][SW_VW], V [SW_VW][D], fp32. */
 static void load_chunk(const kv_view *kv, int64_t c0, int64_t n, float *restrict kt, float *restrict v) {
     const int64_t D = kv->head_dim, elem = kv->is_f16 ? 2 : 4;
     int64_t off[SW_VW];
-    for (int64_t j = 0; j < SW_VW; j++) off[j] = j < n ? row_offset(kv, c0 + j) : -1;
+    row_offsets(kv, c0, n, off);
+    for (int64_t j = n; j < SW_VW; j++) off[j] = -1;
     for (int64_t d0 = 0; d0 < D; d0 += SW_VW) {
         vf r[SW_VW];
         for (int64_t j = 0; j < SW_VW; j++) {
@@ -96,6 +118,8 @@ static void attend_tile_simd(const float *q, int64_t q_stride, const int32_t *ct
     }
     for (int64_t c0 = 0; c0 < max_ctx; c0 += SW_VW) {
         load_chunk(kv, c0, max_ctx - c0 < SW_VW ? max_ctx - c0 : SW_VW, kt, v);
+        const int64_t next = c0 + SW_VW;
+        if (next < max_ctx) prefetch_chunk(kv, next, max_ctx - next < SW_VW ? max_ctx - next : SW_VW);
         for (int64_t t = 0; t < ntok; t++) {
             if (c0 >= ctx_lens[t]) continue;
             const int64_t valid = ctx_lens[t] - c0 < SW_VW ? ctx_lens[t] - c0 : SW_VW;
