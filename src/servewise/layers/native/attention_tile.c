@@ -70,34 +70,46 @@ static void load_chunk(const kv_view *kv, int64_t c0, int64_t n, float *restrict
     }
 }
 
-/* One query head against one chunk: its first `valid` keys update (run_max, run_sum, acc). */
-static inline void attend_chunk(const float *restrict qi, const float *restrict kt, const float *restrict v,
-                                int64_t valid, int64_t D, float sm_scale, float *run_max, float *run_sum,
-                                float *restrict acc) {
-    vf s0 = vf_zero(), s1 = vf_zero(), s2 = vf_zero(), s3 = vf_zero();
-    for (int64_t d = 0; d < D; d += 4) {
-        s0 = vf_fmadd(vf_set1(qi[d]), vf_load(kt + d * SW_VW), s0);
-        s1 = vf_fmadd(vf_set1(qi[d + 1]), vf_load(kt + (d + 1) * SW_VW), s1);
-        s2 = vf_fmadd(vf_set1(qi[d + 2]), vf_load(kt + (d + 2) * SW_VW), s2);
-        s3 = vf_fmadd(vf_set1(qi[d + 3]), vf_load(kt + (d + 3) * SW_VW), s3);
-    }
-    const vf s = vf_keep_first(vf_mul(vf_add(vf_add(s0, s1), vf_add(s2, s3)), vf_set1(sm_scale)), valid, -FLT_MAX);
-    const float new_max = fmaxf(*run_max, vf_reduce_max(s));
-    const float corr = expf(*run_max - new_max);
-    const vf p = vf_keep_first(vf_exp(vf_sub(s, vf_set1(new_max))), valid, 0.0f);
-    *run_sum = *run_sum * corr + vf_reduce_add(p);
-    *run_max = new_max;
-    float pj[SW_VW];
-    vf_store(pj, p);
-    for (int64_t d0 = 0; d0 < D; d0 += 8 * SW_VW) { /* up to 8 independent accumulator chains */
-        const int64_t chunks = (D - d0) / SW_VW < 8 ? (D - d0) / SW_VW : 8;
-        vf a[8];
-        for (int64_t c = 0; c < chunks; c++) a[c] = vf_mul(vf_load(acc + d0 + c * SW_VW), vf_set1(corr));
-        for (int64_t j = 0; j < valid; j++) {
-            const vf pb = vf_set1(pj[j]);
-            for (int64_t c = 0; c < chunks; c++) a[c] = vf_fmadd(pb, vf_load(v + j * D + d0 + c * SW_VW), a[c]);
+/* nh query heads of one token against one chunk: each one's first `valid` keys update its
+ * (run_max, run_sum, acc). Phase by phase across the heads, so the latency of one head's
+ * softmax overlaps another's FMAs; each head's own operations do not depend on nh. */
+static inline __attribute__((always_inline)) void attend_heads(const int nh, const float *restrict q, float *acc0,
+                                                              const float *restrict kt, const float *restrict v,
+                                                              int64_t valid, int64_t D, float sm_scale,
+                                                              float *run_max, float *run_sum) {
+    vf s[4], p[4];
+    float corr[4], pj[4][SW_VW];
+    for (int h = 0; h < nh; h++) {
+        const float *qi = q + h * D;
+        vf s0 = vf_zero(), s1 = vf_zero(), s2 = vf_zero(), s3 = vf_zero();
+        for (int64_t d = 0; d < D; d += 4) {
+            s0 = vf_fmadd(vf_set1(qi[d]), vf_load(kt + d * SW_VW), s0);
+            s1 = vf_fmadd(vf_set1(qi[d + 1]), vf_load(kt + (d + 1) * SW_VW), s1);
+            s2 = vf_fmadd(vf_set1(qi[d + 2]), vf_load(kt + (d + 2) * SW_VW), s2);
+            s3 = vf_fmadd(vf_set1(qi[d + 3]), vf_load(kt + (d + 3) * SW_VW), s3);
         }
-        for (int64_t c = 0; c < chunks; c++) vf_store(acc + d0 + c * SW_VW, a[c]);
+        s[h] = vf_keep_first(vf_mul(vf_add(vf_add(s0, s1), vf_add(s2, s3)), vf_set1(sm_scale)), valid, -FLT_MAX);
+    }
+    for (int h = 0; h < nh; h++) {
+        const float new_max = fmaxf(run_max[h], vf_reduce_max(s[h]));
+        corr[h] = expf(run_max[h] - new_max);
+        p[h] = vf_keep_first(vf_exp(vf_sub(s[h], vf_set1(new_max))), valid, 0.0f);
+        run_sum[h] = run_sum[h] * corr[h] + vf_reduce_add(p[h]);
+        run_max[h] = new_max;
+        vf_store(pj[h], p[h]);
+    }
+    for (int h = 0; h < nh; h++) {
+        float *restrict acc = acc0 + h * D;
+        for (int64_t d0 = 0; d0 < D; d0 += 8 * SW_VW) { /* up to 8 independent accumulator chains */
+            const int64_t chunks = (D - d0) / SW_VW < 8 ? (D - d0) / SW_VW : 8;
+            vf a[8];
+            for (int64_t c = 0; c < chunks; c++) a[c] = vf_mul(vf_load(acc + d0 + c * SW_VW), vf_set1(corr[h]));
+            for (int64_t j = 0; j < valid; j++) {
+                const vf pb = vf_set1(pj[h][j]);
+                for (int64_t c = 0; c < chunks; c++) a[c] = vf_fmadd(pb, vf_load(v + j * D + d0 + c * SW_VW), a[c]);
+            }
+            for (int64_t c = 0; c < chunks; c++) vf_store(acc + d0 + c * SW_VW, a[c]);
+        }
     }
 }
 
@@ -123,9 +135,16 @@ static void attend_tile_simd(const float *q, int64_t q_stride, const int32_t *ct
         for (int64_t t = 0; t < ntok; t++) {
             if (c0 >= ctx_lens[t]) continue;
             const int64_t valid = ctx_lens[t] - c0 < SW_VW ? ctx_lens[t] - c0 : SW_VW;
-            for (int64_t g = 0; g < group; g++)
-                attend_chunk(q + t * q_stride + g * D, kt, v, valid, D, sm_scale, &run_max[t * group + g],
-                             &run_sum[t * group + g], out + t * out_stride + g * D);
+            for (int64_t g = 0; g < group; g += 4) {
+                const float *qg = q + t * q_stride + g * D;
+                float *og = out + t * out_stride + g * D, *m = &run_max[t * group + g], *l = &run_sum[t * group + g];
+                switch (group - g < 4 ? group - g : 4) {
+                case 1: attend_heads(1, qg, og, kt, v, valid, D, sm_scale, m, l); break;
+                case 2: attend_heads(2, qg, og, kt, v, valid, D, sm_scale, m, l); break;
+                case 3: attend_heads(3, qg, og, kt, v, valid, D, sm_scale, m, l); break;
+                default: attend_heads(4, qg, og, kt, v, valid, D, sm_scale, m, l); break;
+                }
+            }
         }
     }
     for (int64_t t = 0; t < ntok; t++) {
