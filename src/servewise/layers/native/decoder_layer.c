@@ -9,7 +9,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "sw_kernels.h"
+#include "simd_vec.h"
 
 typedef struct {
     const float *input_norm, *post_norm; /* [hidden] */
@@ -39,14 +39,13 @@ static void rms_norm_row(const float *restrict x, const float *restrict w, int64
 /* out[i] = silu(gate[i]) * up[i], silu(g) = g * sigmoid(g), sigmoid from exp(-|g|) <= 1. */
 static void silu_mul_row(const float *restrict gate, const float *restrict up, int64_t n, float *restrict out) {
     int64_t i = 0;
-#ifdef SW_AVX2
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
-    for (; i + 8 <= n; i += 8) {
-        const __m256 g = _mm256_loadu_ps(gate + i);
-        const __m256 e = sw_exp256(_mm256_or_ps(g, sign)); /* exp(-|g|) */
-        const __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
-        const __m256 sig = _mm256_blendv_ps(_mm256_mul_ps(e, r), r, _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_GE_OQ));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + i)));
+#if defined(SW_AVX512) || defined(SW_AVX2)
+    const vf one = vf_set1(1.0f), sign = vf_set1(-0.0f);
+    for (; i + SW_VW <= n; i += SW_VW) {
+        const vf g = vf_load(gate + i);
+        const vf e = vf_exp(vf_or(g, sign)); /* exp(-|g|) */
+        const vf r = vf_div(one, vf_add(one, e));
+        vf_store(out + i, vf_mul(vf_mul(g, vf_select_nonneg(g, r, vf_mul(e, r))), vf_load(up + i)));
     }
 #endif
     for (; i < n; i++) {

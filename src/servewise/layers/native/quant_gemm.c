@@ -182,6 +182,7 @@ static inline float finish_scalar(float acc, const float *bias, int64_t col, flo
 }
 
 /* ---- generic tiles ---------------------------------------------------------------------- */
+#if !defined(SW_AVX512) && !defined(SW_AVX2)
 static void tile_generic(const sw_qweight *w, const uint8_t *tile, const sw_qact *a, int64_t r0, int64_t mr,
                          float *out, int64_t ldo, int64_t n0, int accumulate) {
     const int64_t kb = w->kb, cols = w->n - n0 < SW_TILE_ROWS ? w->n - n0 : SW_TILE_ROWS;
@@ -216,9 +217,9 @@ static void tile_generic(const sw_qweight *w, const uint8_t *tile, const sw_qact
     }
 }
 
-#if defined(SW_AVX512)
+#elif defined(SW_AVX512)
 #include "quant_gemm_avx512.h"
-#elif defined(SW_AVX2)
+#else
 #include "quant_gemm_avx2.h"
 #endif
 

@@ -19,58 +19,39 @@ static inline __attribute__((always_inline)) void store8(float *o, __m256 acc, c
     _mm256_maskstore_ps(o, mask, v);
 }
 
-/* Columns [8 * half0, 8 * (half0 + nh)) of a tile for rows [r0, r0 + mr). nh = 2 walks each
- * weight line once (few rows: streaming from DRAM), nh = 1 leaves registers for more rows. */
-static inline __attribute__((always_inline)) void q4_cols(const sw_qweight *w, const uint8_t *tile,
-                                                          const uint8_t *next, const sw_qact *a, int64_t r0, const int mr, float *out,
-                                                          int64_t ldo, int64_t n0, const int half0, const int nh,
-                                                          int accumulate) {
-    const int64_t kb = w->kb;
-    const uint8_t *scales = tile + kb * 256;
-    const __m256i low = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1);
-    __m256 accs[2][SW_MR];
-    for (int h = 0; h < nh; h++)
-        for (int r = 0; r < mr; r++) accs[h][r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < kb; b++) for (int h = 0; h < nh; h++) {
-        if (h == 0 && half0 == 0) sw_prefetch_block(w, next, b);
-        const int half = half0 + h;
-        __m256 *acc = accs[h];
-        const uint8_t *cb = tile + b * 256 + 32 * half;
-        __m256i wv[8];
-        for (int c = 0; c < 4; c++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(cb + 64 * c));
-            wv[c] = _mm256_and_si256(v, low);
-            wv[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * 64 + 16 * half)));
-        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * 64 + 32 + 16 * half)));
-        for (int r = 0; r < mr; r++) {
-            const block_out x = block_at(a, r0 + r, b);
-            __m256i h16 = _mm256_setzero_si256(), l16 = _mm256_setzero_si256();
-            for (int g = 0; g < 8; g++) {
-                h16 = _mm256_add_epi16(h16, _mm256_maddubs_epi16(wv[g], _mm256_set1_epi32(load_i32(x.hi + 4 * g))));
-                l16 = _mm256_add_epi16(l16, _mm256_maddubs_epi16(wv[g], _mm256_set1_epi32(load_i32(x.lo + 4 * g))));
-            }
-            const __m256i s = _mm256_add_epi32(_mm256_slli_epi32(_mm256_madd_epi16(h16, ones16), 7),
-                                               _mm256_madd_epi16(l16, ones16));
-            const int64_t i = (r0 + r) * kb + b;
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[i])), acc[r]);
-            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[i]), acc[r]);
-        }
+/* sum(code * q) over one block for 8 columns, the 4-bit codes unpacked in wv: each plane's 8
+ * vpmaddubsw summed in s16 (exact, see above), then widened once. */
+static inline __attribute__((always_inline)) __m256i dot4(const __m256i wv[8], block_out x) {
+    __m256i h16 = _mm256_setzero_si256(), l16 = _mm256_setzero_si256();
+    for (int g = 0; g < 8; g++) {
+        h16 = _mm256_add_epi16(h16, _mm256_maddubs_epi16(wv[g], _mm256_set1_epi32(load_i32(x.hi + 4 * g))));
+        l16 = _mm256_add_epi16(l16, _mm256_maddubs_epi16(wv[g], _mm256_set1_epi32(load_i32(x.lo + 4 * g))));
     }
-    for (int h = 0; h < nh; h++) {
-        const int64_t col0 = n0 + 8 * (half0 + h);
-        for (int r = 0; r < mr; r++) store8(out + (r0 + r) * ldo + col0, accs[h][r], w->bias, col0, w->n - col0, accumulate);
-    }
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    return _mm256_add_epi32(_mm256_slli_epi32(_mm256_madd_epi16(h16, ones16), 7), _mm256_madd_epi16(l16, ones16));
 }
 
-static inline __attribute__((always_inline)) void q8_cols(const sw_qweight *w, const uint8_t *tile,
-                                                          const uint8_t *next, const sw_qact *a, int64_t r0, const int mr, float *out,
-                                                          int64_t ldo, int64_t n0, const int half0, const int nh,
-                                                          int accumulate) {
-    const int64_t kb = w->kb;
-    const uint8_t *scales = tile + kb * 512;
+/* The same for signed 8-bit weights (the k-groups at cb, 64 bytes apart): |w| x sign(x, w). */
+static inline __attribute__((always_inline)) __m256i dot8(const uint8_t *cb, block_out x) {
     const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256i sh = _mm256_setzero_si256(), sl = _mm256_setzero_si256();
+    for (int g = 0; g < 8; g++) {
+        const __m256i wg = _mm256_loadu_si256((const __m256i *)(cb + 64 * g)), aw = _mm256_abs_epi8(wg);
+        const __m256i xh = _mm256_set1_epi32(load_i32(x.hi + 4 * g)), xl = _mm256_set1_epi32(load_i32(x.lo + 4 * g));
+        sh = _mm256_add_epi32(sh, _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xh, wg)), ones16));
+        sl = _mm256_add_epi32(sl, _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xl, wg)), ones16));
+    }
+    return _mm256_add_epi32(_mm256_slli_epi32(sh, 7), sl);
+}
+
+/* Columns [8 * half0, 8 * (half0 + nh)) of a tile for rows [r0, r0 + mr). nh = 2 walks each
+ * weight line once (few rows: streaming from DRAM), nh = 1 leaves registers for more rows. */
+static inline __attribute__((always_inline)) void qcols(const sw_qweight *w, const uint8_t *tile, const uint8_t *next,
+                                                        const sw_qact *a, int64_t r0, const int mr, const int bits,
+                                                        float *out, int64_t ldo, int64_t n0, const int half0,
+                                                        const int nh, int accumulate) {
+    const int64_t kb = w->kb, code_bytes = bits == 4 ? 256 : 512, scale_bytes = bits == 4 ? 64 : 32;
+    const uint8_t *scales = tile + kb * code_bytes;
     __m256 accs[2][SW_MR];
     for (int h = 0; h < nh; h++)
         for (int r = 0; r < mr; r++) accs[h][r] = _mm256_setzero_ps();
@@ -78,24 +59,24 @@ static inline __attribute__((always_inline)) void q8_cols(const sw_qweight *w, c
         if (h == 0 && half0 == 0) sw_prefetch_block(w, next, b);
         const int half = half0 + h;
         __m256 *acc = accs[h];
-        const uint8_t *cb = tile + b * 512 + 32 * half;
-        __m256i sh[SW_MR], sl[SW_MR];
-        for (int r = 0; r < mr; r++) sh[r] = sl[r] = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const __m256i wg = _mm256_loadu_si256((const __m256i *)(cb + 64 * g));
-            const __m256i aw = _mm256_abs_epi8(wg);
-            for (int r = 0; r < mr; r++) {
-                const block_out x = block_at(a, r0 + r, b);
-                const __m256i xh = _mm256_set1_epi32(load_i32(x.hi + 4 * g)), xl = _mm256_set1_epi32(load_i32(x.lo + 4 * g));
-                sh[r] = _mm256_add_epi32(sh[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xh, wg)), ones16));
-                sl[r] = _mm256_add_epi32(sl[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xl, wg)), ones16));
+        const uint8_t *cb = tile + b * code_bytes + 32 * half;
+        __m256i wv[8];
+        if (bits == 4) {
+            for (int c = 0; c < 4; c++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(cb + 64 * c)), low = _mm256_set1_epi8(0x0F);
+                wv[c] = _mm256_and_si256(v, low);
+                wv[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             }
         }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * 32 + 16 * half)));
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * scale_bytes + 16 * half)));
+        const __m256 mw = bits == 4 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + b * 64 + 32 + 16 * half)))
+                                    : _mm256_setzero_ps();
         for (int r = 0; r < mr; r++) {
+            const block_out x = block_at(a, r0 + r, b);
+            const __m256i s = bits == 4 ? dot4(wv, x) : dot8(cb, x);
             const int64_t i = (r0 + r) * kb + b;
-            const __m256i s = _mm256_add_epi32(_mm256_slli_epi32(sh[r], 7), sl[r]);
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[i])), acc[r]);
+            if (bits == 4) acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[i]), acc[r]);
         }
     }
     for (int h = 0; h < nh; h++) {
@@ -109,9 +90,9 @@ static inline __attribute__((always_inline)) void q8_cols(const sw_qweight *w, c
  * is computed the same way either way. */
 static void sw_tile_simd(const sw_qweight *w, const uint8_t *tile, const uint8_t *next, const sw_qact *a, int64_t r0, int64_t mr,
                          float *out, int64_t ldo, int64_t n0, int accumulate) {
-#define SW_COLS(rows, half0, nh)                                                           \
-    if (w->bits == 4) q4_cols(w, tile, next, a, r, rows, out, ldo, n0, half0, nh, accumulate); \
-    else q8_cols(w, tile, next, a, r, rows, out, ldo, n0, half0, nh, accumulate);
+#define SW_COLS(rows, half0, nh)                                                               \
+    if (w->bits == 4) qcols(w, tile, next, a, r, rows, 4, out, ldo, n0, half0, nh, accumulate); \
+    else qcols(w, tile, next, a, r, rows, 8, out, ldo, n0, half0, nh, accumulate);
     const int64_t end = r0 + mr;
     int64_t r = r0;
     if (mr <= 2) {

@@ -1,5 +1,5 @@
-/* One float vector type for the attention tile (attention_tile.c), so one source serves
- * both SIMD builds: 16 lanes on avx512, 8 on avx2. Only what that file needs. */
+/* One float vector type, so one source serves both SIMD builds: 16 lanes on avx512, 8 on
+ * avx2. Only what the attention tile and the decoder layer's SiLU need. */
 #ifndef SW_SIMD_VEC_H
 #define SW_SIMD_VEC_H
 
@@ -25,24 +25,16 @@ static inline vf vf_keep_first(vf v, int64_t n, float fill) {
     return _mm512_mask_blend_ps((__mmask16)((1u << n) - 1), _mm512_set1_ps(fill), v);
 }
 
-/* exp(x) for x <= 0: the same Cephes polynomial as sw_exp256 */
-static inline vf vf_exp(vf x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    const vf fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-                                       _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-    vf y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
-    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
+#define vf_max(a, b) _mm512_max_ps(a, b)
+#define vf_fnmadd(a, b, c) _mm512_fnmadd_ps(a, b, c)
+#define vf_floor(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
+/* 2^n for integral float n in the normal range */
+#define vf_pow2(n) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23))
+#define vf_or(a, b) _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+#define vf_div(a, b) _mm512_div_ps(a, b)
+/* where mask(a >= 0): b, else c */
+#define vf_select_nonneg(a, b, c) _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_GE_OQ), c, b)
 
 /* r[i] lane j <-> r[j] lane i */
 static inline void vf_transpose(vf r[16]) {
@@ -82,7 +74,14 @@ typedef __m256 vf;
 #define vf_mul(a, b) _mm256_mul_ps(a, b)
 #define vf_fmadd(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vf_load_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-#define vf_exp(x) sw_exp256(x)
+#define vf_max(a, b) _mm256_max_ps(a, b)
+#define vf_fnmadd(a, b, c) _mm256_fnmadd_ps(a, b, c)
+#define vf_floor(x) _mm256_floor_ps(x)
+#define vf_pow2(n) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23))
+#define vf_or(a, b) _mm256_or_ps(a, b)
+#define vf_div(a, b) _mm256_div_ps(a, b)
+#define vf_select_nonneg(a, b, c) _mm256_blendv_ps(c, b, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GE_OQ))
 
 static inline float vf_reduce_max(vf v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -117,6 +116,24 @@ static inline void vf_transpose(vf r[8]) {
         r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
         r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
     }
+}
+#endif
+
+#if defined(SW_AVX512) || defined(SW_AVX2)
+/* exp(x) for x <= 0 (softmax after max subtraction, sigmoid of -|x|); Cephes polynomial, ~2 ulp. */
+static inline vf vf_exp(vf x) {
+    x = vf_max(x, vf_set1(-87.0f));
+    const vf fx = vf_floor(vf_fmadd(x, vf_set1(1.44269504088896341f), vf_set1(0.5f)));
+    x = vf_fnmadd(fx, vf_set1(0.693359375f), x);
+    x = vf_fnmadd(fx, vf_set1(-2.12194440e-4f), x);
+    vf y = vf_set1(1.9875691500e-4f);
+    y = vf_fmadd(y, x, vf_set1(1.3981999507e-3f));
+    y = vf_fmadd(y, x, vf_set1(8.3334519073e-3f));
+    y = vf_fmadd(y, x, vf_set1(4.1665795894e-2f));
+    y = vf_fmadd(y, x, vf_set1(1.6666665459e-1f));
+    y = vf_fmadd(y, x, vf_set1(5.0000001201e-1f));
+    y = vf_fmadd(y, vf_mul(x, x), x);
+    return vf_mul(vf_add(y, vf_set1(1.0f)), vf_pow2(fx));
 }
 #endif
 
