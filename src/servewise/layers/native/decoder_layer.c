@@ -3,8 +3,9 @@
  * Every token of the step (decodes and prefill chunks alike) attends through the paged
  * KV cache, so each token is computed by the same code whatever else is in the step:
  * RMSNorm, fused q/k/v, rotate-half RoPE, K/V into the cache, paged attention,
- * o_proj + residual, RMSNorm, fused gate/up, SiLU*up, down + residual. Each linear layer
- * quantizes its input rows (quant_gemm.c) and reads its weights once for all rows.
+ * o_proj + residual, RMSNorm, fused gate/up, SiLU*up, down + residual. Each linear layer's
+ * input rows are quantized as they are produced (quant_gemm.c) and its weights read once
+ * for all rows.
  */
 #include <math.h>
 #include <string.h>
@@ -63,13 +64,15 @@ static void rope_head(float *v, const float *c, const float *sn, int64_t half) {
     }
 }
 
-/* Quantize rows of x [T, k] and multiply by w: out (+)= x W^T. Worksharing; every thread calls it. */
-static void linear_ws(const sw_qweight *w, const float *x, int64_t T, void *act_work, float *out, int64_t ldo,
-                      int accumulate) {
-    sw_qact a;
-    sw_qact_init(&a, act_work, T, w->kb);
-    sw_quantize_rows_ws(x, T, w->k, w->k, &a);
-    sw_qgemm_ws(w, &a, T, out, ldo, accumulate);
+/* RMSNorm of each row of x, then its quantization for the next linear: one pass per row, one
+ * barrier (a decode step's layer is mostly barriers and weight reads). */
+static void norm_quantize_ws(const float *x, const float *weight, int64_t T, int64_t H, float eps, float *normed,
+                             const sw_qact *a) {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        rms_norm_row(x + t * H, weight, H, eps, normed + t * H);
+        sw_quantize_row(normed + t * H, H, a, t);
+    }
 }
 
 /* Bytes of `work` sw_decoder_layer needs for T tokens. */
@@ -101,7 +104,9 @@ int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v
     const int64_t q_size = s->num_heads * D, kv_size = s->num_kv_heads * D, qkv_n = q_size + 2 * kv_size;
     const int64_t group = s->num_heads / s->num_kv_heads, heads = s->num_heads + s->num_kv_heads;
     if (group > SW_MAX_GROUP || D > SW_MAX_HEAD_DIM || s->block_size > SW_MAX_BLOCK || D % 2) return 2;
-    if (w->qkv.n != qkv_n || w->o.n != H || w->gate_up.n != 2 * I || w->down.n != H) return 3;
+    if (w->qkv.n != qkv_n || w->o.n != H || w->gate_up.n != 2 * I || w->down.n != H || w->qkv.k != H ||
+        w->o.k != q_size || w->gate_up.k != H || w->down.k != I)
+        return 3;
     float *normed = (float *)work;                                    /* [T, max(H, I)] */
     float *qkv = normed + T * (H > I ? H : I);                        /* [T, qkv_n] */
     float *attn = qkv + T * qkv_n;                                    /* [T, q_size] */
@@ -110,11 +115,14 @@ int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v
     const int64_t widest_in = (H > I ? H : I) > q_size ? (H > I ? H : I) : q_size;
     int64_t *tiles = (int64_t *)(act + sw_qact_bytes(T, (widest_in + SW_BLOCK - 1) / SW_BLOCK));
     const int64_t num_tiles = attention_tiles(s, tiles);
+    sw_qact a_hidden, a_attn, a_mlp; /* the same workspace, laid out for each input width */
+    sw_qact_init(&a_hidden, act, T, w->qkv.kb);
+    sw_qact_init(&a_attn, act, T, w->o.kb);
+    sw_qact_init(&a_mlp, act, T, w->down.kb);
 #pragma omp parallel
     {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) rms_norm_row(x + t * H, w->input_norm, H, s->eps, normed + t * H);
-        linear_ws(&w->qkv, normed, T, act, qkv, qkv_n, 0);
+        norm_quantize_ws(x, w->input_norm, T, H, s->eps, normed, &a_hidden);
+        sw_qgemm_ws(&w->qkv, &a_hidden, T, qkv, qkv_n, 0);
         /* RoPE on q and k heads (adjacent in qkv), then the token's K/V into its cache slot */
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < T * heads; item++) {
@@ -137,13 +145,16 @@ int sw_decoder_layer(float *x, const sw_layer_weights *w, void *k_cache, void *v
                            s->kv_is_f16, table, h, s->num_kv_heads, group, D, s->block_size, s->sm_scale,
                            attn + t * q_size + h * group * D, q_size);
         }
-        linear_ws(&w->o, attn, T, act, x, H, 1);
+        sw_quantize_rows_ws(attn, T, q_size, q_size, &a_attn);
+        sw_qgemm_ws(&w->o, &a_attn, T, x, H, 1);
+        norm_quantize_ws(x, w->post_norm, T, H, s->eps, normed, &a_hidden);
+        sw_qgemm_ws(&w->gate_up, &a_hidden, T, gate_up, 2 * I, 0);
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) rms_norm_row(x + t * H, w->post_norm, H, s->eps, normed + t * H);
-        linear_ws(&w->gate_up, normed, T, act, gate_up, 2 * I, 0);
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) silu_mul_row(gate_up + t * 2 * I, gate_up + t * 2 * I + I, I, normed + t * I);
-        linear_ws(&w->down, normed, T, act, x, H, 1);
+        for (int64_t t = 0; t < T; t++) {
+            silu_mul_row(gate_up + t * 2 * I, gate_up + t * 2 * I + I, I, normed + t * I);
+            sw_quantize_row(normed + t * I, I, &a_mlp, t);
+        }
+        sw_qgemm_ws(&w->down, &a_mlp, T, x, H, 1);
     }
     return 0;
 }

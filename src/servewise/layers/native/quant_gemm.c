@@ -149,22 +149,23 @@ static inline void quantize_block(const float *v, block_out o, float *d_out, flo
 #define quantize_block quantize_block_scalar
 #endif
 
-void sw_quantize_rows_ws(const float *x, int64_t m, int64_t k, int64_t ldx, const sw_qact *a) {
+void sw_quantize_row(const float *xr, int64_t k, const sw_qact *a, int64_t r) {
     const int64_t kb = a->kb;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < m; r++) {
-        const float *xr = x + r * ldx;
-        for (int64_t b = 0; b < kb; b++) {
-            float *d = a->d + r * kb + b, *s = a->s + r * kb + b;
-            if ((b + 1) * SW_BLOCK <= k) {
-                quantize_block(xr + b * SW_BLOCK, block_at(a, r, b), d, s);
-            } else { /* the row's last, partial block: zero-padded */
-                float v[SW_BLOCK] = {0};
-                memcpy(v, xr + b * SW_BLOCK, (size_t)(k - b * SW_BLOCK) * sizeof(float));
-                quantize_block_scalar(v, block_at(a, r, b), d, s);
-            }
+    for (int64_t b = 0; b < kb; b++) {
+        float *d = a->d + r * kb + b, *s = a->s + r * kb + b;
+        if ((b + 1) * SW_BLOCK <= k) {
+            quantize_block(xr + b * SW_BLOCK, block_at(a, r, b), d, s);
+        } else { /* the row's last, partial block: zero-padded */
+            float v[SW_BLOCK] = {0};
+            memcpy(v, xr + b * SW_BLOCK, (size_t)(k - b * SW_BLOCK) * sizeof(float));
+            quantize_block_scalar(v, block_at(a, r, b), d, s);
         }
     }
+}
+
+void sw_quantize_rows_ws(const float *x, int64_t m, int64_t k, int64_t ldx, const sw_qact *a) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m; r++) sw_quantize_row(x + r * ldx, k, a, r);
 }
 
 /* Block b of a tile: its code lines and its scales. */

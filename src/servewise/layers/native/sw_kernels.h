@@ -90,6 +90,7 @@ typedef struct {
 static inline int64_t sw_qact_bytes(int64_t m, int64_t kb) { return m * kb * (4 * SW_BLOCK + 8); }
 void sw_qact_init(sw_qact *a, void *work, int64_t m, int64_t kb);
 
+void sw_quantize_row(const float *x, int64_t k, const sw_qact *a, int64_t row);
 /* Worksharing pieces (orphaned `omp for`): call inside a parallel region, every thread. */
 void sw_quantize_rows_ws(const float *x, int64_t m, int64_t k, int64_t ldx, const sw_qact *a);
 void sw_qgemm_ws(const sw_qweight *w, const sw_qact *a, int64_t m, float *out, int64_t ldo, int accumulate);
