@@ -19,8 +19,8 @@ from servewise.models.llama import KVCache, LlamaForCausalLM
 # larger ones use dense attention (GEMM-shaped, much faster per token).
 MAX_PAGED_CHUNK_TOKENS = 4
 # A step this small is computed entirely through the paged kernel (every token, prefill
-# included): per-token attention is cheap at this size, and it lets the CPU backend run
-# the whole step natively (layers/fused_decoder.py).
+# included): per-token attention is cheap at this size. (The quantized CPU backend runs
+# every step natively whatever its shape: layers/fused_decoder.py.)
 MAX_ALL_PAGED_STEP_TOKENS = 16
 
 
