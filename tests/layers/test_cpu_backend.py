@@ -116,3 +116,17 @@ def test_no_build_holds_amx_and_only_the_avx512_build_holds_avx512():
         assert not re.search(r"\b(ldtilecfg|tilezero|tileloadd|tdpb\w+)\b", code), f"AMX code in the {isa} build"
         has_avx512 = bool(re.search(r"%zmm|%k[0-7]|%[xy]mm(1[6-9]|2\d|3[01])\b", code))
         assert has_avx512 == (isa == "avx512"), isa
+
+
+def test_an_untied_embedding_stays_exact_when_float_and_in_blocks_when_stored_quantized(tmp_path, tiny_dirs):
+    float_model = make_engine(tiny_dirs["llama"], backend="auto").runner.model
+    assert isinstance(float_model.embed_tokens, nn.Embedding)  # safetensors fp32: kept exactly
+    path = write_tiny_gguf(tmp_path / "untied.gguf", tensor_types=("Q8_0", "Q4_1"), seed=2)
+    checkpoint = load_checkpoint(str(path))
+    assert "model.embed_tokens.weight" in checkpoint.quantized
+    model = make_engine(path, backend="auto", checkpoint=checkpoint).runner.model
+    assert isinstance(model.embed_tokens, QuantEmbedding) and isinstance(model.lm_head, QuantLinear)
+    assert model.embed_tokens.weight_blocks is not model.lm_head.weight_blocks
+    ids = torch.tensor([0, 7, 100])
+    want = load_checkpoint(str(path)).tensors["model.embed_tokens.weight"][ids]
+    assert torch.equal(model.embed_tokens(ids), want)  # the file's values exactly

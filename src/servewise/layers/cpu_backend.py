@@ -67,7 +67,8 @@ class CpuBackend:
         return self.lib is not None and self.linear_backend != "fp32"
 
     def quantize(self, model: nn.Module, weights: WeightSource) -> None:
-        """Swap the meta model's linear layers (and a tied embedding) for quantized ones."""
+        """Swap the meta model's linear layers for quantized ones, and the embedding too when it
+        is tied to the lm_head or stored quantized (a float, untied one stays exact)."""
         if not self.quantized:
             return
         assert self.lib is not None
@@ -77,12 +78,13 @@ class CpuBackend:
             if isinstance(module, nn.Linear) and not (tied and name == "lm_head"):
                 packed = _packed(weights, f"{name}.weight", bits, module.weight.shape)
                 _replace(model, name, QuantLinear(packed, weights.take_float(f"{name}.bias"), self.lib))
-        if tied:
-            embedding = model.get_submodule("embed_tokens")
-            assert isinstance(embedding, nn.Embedding)
-            head = _packed(weights, "embed_tokens.weight", bits, embedding.weight.shape)
-            _replace(model, "embed_tokens", QuantEmbedding(head, self.lib))
-            _replace(model, "lm_head", QuantLinear(head, None, self.lib))
+        embedding = model.get_submodule("embed_tokens")
+        assert isinstance(embedding, nn.Embedding)
+        if tied or all(p.raw is not None for p in weights.take_parts("embed_tokens.weight")):
+            table = _packed(weights, "embed_tokens.weight", bits, embedding.weight.shape)
+            _replace(model, "embed_tokens", QuantEmbedding(table, self.lib))
+            if tied:
+                _replace(model, "lm_head", QuantLinear(table, None, self.lib))
 
     def install(self, model: nn.Module) -> None:
         """After the weights are loaded: attention on this build's kernels, layers fused in C."""
