@@ -3,7 +3,9 @@
 The build comes from the llama-cpp-python sdist (the version the project pins) with the ISA
 spelled out: AVX2/FMA/F16C, AVX-512 (F, VNNI, VBMI, BF16) where /proc/cpuinfo lists it, AMX
 off (it faults in the project's VMs). It is cached outside the repository, in
-``~/.cache/servewise/llama.cpp``, and takes 10-15 minutes on 2 cores the first time.
+``~/.cache/servewise/llama.cpp`` (one build directory per ISA selection), and takes 10-15
+minutes on 2 cores the first time. AVX-VNNI (the VEX form) is only enabled where CPUID lists
+it: AMD Zen 4 has AVX-512 VNNI but not AVX-VNNI.
 
     llama-bench          -p 512 -n 128            -> prefill (pp512), decode 1 sequence (tg128)
     llama-batched-bench  -npp 128 -ntg 128 -npl 1,8,32,64 -> decode at 1/8/32/64 sequences, peak RSS
@@ -12,6 +14,7 @@ off (it faults in the project's VMs). It is cached outside the repository, in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,7 +47,7 @@ def cmake_isa_flags(flags: set[str] | None = None) -> list[str]:
     flags = _cpu_flags() if flags is None else flags
     isa = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
            "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
-    optional = {"avx512f": "GGML_AVX512", "avx512_vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
+    optional = {"avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
                 "avx512_bf16": "GGML_AVX512_BF16", "avx_vnni": "GGML_AVX_VNNI"}
     return isa + [f"-D{option}={'ON' if flag in flags else 'OFF'}" for flag, option in optional.items()]
 
@@ -55,7 +58,10 @@ def build(cache: Path = CACHE) -> Path | str:
     if missing:
         return f"skipped: no {', '.join(missing)} to build llama.cpp with"
     src = cache / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
-    bin_dir = src / "build" / "bin"
+    flags = cmake_isa_flags()
+    # one build per ISA selection: a cached build from a CPU with more features would fault here
+    build_dir = src / f"build-{hashlib.sha256(' '.join(flags).encode()).hexdigest()[:12]}"
+    bin_dir = build_dir / "bin"
     if all((bin_dir / t).exists() for t in TARGETS):
         return bin_dir
     cache.mkdir(parents=True, exist_ok=True)
@@ -67,11 +73,10 @@ def build(cache: Path = CACHE) -> Path | str:
         if not src.exists():
             with tarfile.open(sdist) as tar:
                 tar.extractall(cache, filter="data")
-        print(f"building llama.cpp {VERSION} for this CPU in {src / 'build'} (10-15 min the first time)", flush=True)
-        subprocess.run(["cmake", "-S", str(src), "-B", str(src / "build"), "-DCMAKE_BUILD_TYPE=Release",
-                        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", *cmake_isa_flags()], check=True,
-                       capture_output=True)
-        subprocess.run(["cmake", "--build", str(src / "build"), f"-j{os.cpu_count() or 1}", "--target", *TARGETS,
+        print(f"building llama.cpp {VERSION} for this CPU in {build_dir} (10-15 min the first time)", flush=True)
+        subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", *flags], check=True, capture_output=True)
+        subprocess.run(["cmake", "--build", str(build_dir), f"-j{os.cpu_count() or 1}", "--target", *TARGETS,
                         "llama"], check=True, capture_output=True)
     except (subprocess.CalledProcessError, OSError, tarfile.TarError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
@@ -116,49 +121,60 @@ def batched_bench(bin_dir: Path, model: str, threads: int, seqs: tuple[int, ...]
     return result
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _post(url: str, body: dict[str, Any]) -> None:
+def _post(url: str, body: dict[str, Any], failures: list[str]) -> None:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        resp.read()
+    try:
+        with urllib.request.urlopen(req, timeout=1800) as resp:
+            resp.read()
+    except OSError as exc:  # counted and reported: a failed request would understate the load
+        failures.append(str(exc))
 
 
-def server_rss(bin_dir: Path, model: str, threads: int, num_seqs: int, prompts: list[list[int]],
-               output_len: int) -> dict[str, Any]:
-    """llama-server's peak RSS (VmHWM) serving ``num_seqs`` concurrent completions of the prompts."""
-    port = _free_port()
-    ctx = num_seqs * (len(prompts[0]) + output_len + 16)
-    cmd = [str(bin_dir / "llama-server"), "-m", model, "-t", str(threads), "-c", str(ctx), "-np", str(num_seqs),
-           "--port", str(port), "--host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)))
+def serving_peak_rss(cmd: list[str], env: dict[str, str], port: int, health: str, endpoint: str,
+                     bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Start a server, send every body at once to ``endpoint``, and read the server's peak RSS
+    (VmHWM) once all have finished. Used for llama-server and ``servewise serve`` alike."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while True:
             try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as resp:
+                with urllib.request.urlopen(base + health, timeout=5) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    return {"error": "llama-server did not start"}
+                    return {"error": f"{cmd[0]} did not start", "command": " ".join(cmd)}
                 time.sleep(0.5)
-        body = {"n_predict": output_len, "ignore_eos": True, "temperature": 0, "cache_prompt": False}
-        workers = [threading.Thread(target=_post, args=(base + "/completion", {**body, "prompt": p}))
-                   for p in prompts[:num_seqs]]
+        failures: list[str] = []
+        workers = [threading.Thread(target=_post, args=(base + endpoint, body, failures)) for body in bodies]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
         with open(f"/proc/{proc.pid}/status") as f:
             hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+        if failures:
+            return {"error": f"{len(failures)} of {len(bodies)} requests failed: {failures[0]}", "command": " ".join(cmd)}
         return {"rss_mib": hwm / 1024, "command": " ".join(cmd)}
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
+
+
+def server_rss(bin_dir: Path, model: str, threads: int, prompts: list[list[int]], output_len: int) -> dict[str, Any]:
+    """llama-server's peak RSS serving the prompts at once, one slot each, context sized to fit."""
+    port = free_port()
+    ctx = len(prompts) * (len(prompts[0]) + output_len + 16)
+    cmd = [str(bin_dir / "llama-server"), "-m", model, "-t", str(threads), "-c", str(ctx), "-np", str(len(prompts)),
+           "--port", str(port), "--host", "127.0.0.1"]
+    body = {"n_predict": output_len, "ignore_eos": True, "temperature": 0, "cache_prompt": False}
+    return serving_peak_rss(cmd, dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)), port, "/health", "/completion",
+                            [{**body, "prompt": p} for p in prompts])

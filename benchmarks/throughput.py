@@ -138,11 +138,20 @@ def bench_engine(backend: str, quick: bool) -> dict[str, Any]:
     return out
 
 
-def bench_engine_load_rss(backend: str) -> dict[str, Any]:
-    """Peak RSS of a fresh engine serving the same load as llama-server, with the same KV capacity."""
-    engine = LLMEngine(engine_config(backend, kv_tokens=LOAD_SEQS * (LOAD_PROMPT + LOAD_OUTPUT + 16)))
-    bench_decode(engine, random.Random(3), LOAD_SEQS, LOAD_PROMPT, LOAD_OUTPUT)
-    return {"rss_mib": peak_rss_mib()}
+def load_prompts() -> list[list[int]]:
+    return [random_prompt(random.Random(i), LOAD_PROMPT) for i in range(LOAD_SEQS)]
+
+
+def bench_server_load_rss(backend: str) -> dict[str, Any]:
+    """Peak RSS of `servewise serve` serving the same load as llama-server, with the same KV capacity."""
+    port = llama_cpp_peer.free_port()
+    kv_blocks = -(-LOAD_SEQS * (LOAD_PROMPT + LOAD_OUTPUT + 16) // CacheConfig().block_size)
+    cmd = [sys.executable, "-m", "servewise.cli", "serve", "--port", str(port), "--host", "127.0.0.1",
+           "--linear-backend", backend, "--threads", str(THREADS), "--num-kv-blocks", str(kv_blocks),
+           "--max-num-seqs", str(LOAD_SEQS), "--admission", "off"]
+    body = {"model": "SmolLM2-135M-Instruct.Q4_1", "max_tokens": LOAD_OUTPUT, "ignore_eos": True, "temperature": 0}
+    return llama_cpp_peer.serving_peak_rss(cmd, dict(os.environ), port, "/ready", "/v1/completions",
+                                           [{**body, "prompt": p} for p in load_prompts()])
 
 
 def bench_llama_cpp(path: str) -> dict[str, Any] | str:
@@ -153,8 +162,7 @@ def bench_llama_cpp(path: str) -> dict[str, Any] | str:
     result: dict[str, Any] = {}
     bench = llama_cpp_peer.llama_bench(bin_dir, path, THREADS)
     batched = llama_cpp_peer.batched_bench(bin_dir, path, THREADS, SEQS)
-    prompts = [random_prompt(random.Random(i), LOAD_PROMPT) for i in range(LOAD_SEQS)]
-    server = llama_cpp_peer.server_rss(bin_dir, path, THREADS, LOAD_SEQS, prompts, LOAD_OUTPUT)
+    server = llama_cpp_peer.server_rss(bin_dir, path, THREADS, load_prompts(), LOAD_OUTPUT)
     result.update({f"decode@{n}": batched.get(f"decode@{n}") for n in SEQS})
     result["decode@1"] = bench["decode@1"]  # tg128 is the 1-sequence reference; batched-bench's is noted
     result.update(prefill=bench["prefill"], batched1=result["decode@1"], load_rss_mib=server.get("rss_mib"),
@@ -191,8 +199,8 @@ def fmt(value: Any, unit: str = "") -> str:
 ROWS = [("prefill tok/s (512-token prompt; llama.cpp pp512)", "prefill"),
         ("decode tok/s, 1 seq (llama.cpp tg128)", "decode@1"), ("decode tok/s, 8 seqs", "decode@8"),
         ("decode tok/s, 32 seqs", "decode@32"), ("decode tok/s, 64 seqs", "decode@64"),
-        ("peak RSS, 64 x 128/128 load, same KV capacity (MiB)", "load_rss_mib"),
-        ("peak RSS, whole benchmark run (MiB)", "rss_mib"), ("TTFT cold, 1,016 tokens (s)", "ttft_cold"),
+        ("peak RSS serving 64 x 128/128 at once, same KV capacity (MiB)", "load_rss_mib"),
+        ("peak RSS, whole offline benchmark run (MiB)", "rss_mib"), ("TTFT cold, 1,016 tokens (s)", "ttft_cold"),
         ("TTFT cached 1,000-token prefix (s)", "ttft_cached"), ("model load (s)", "load_s")]
 
 
@@ -245,7 +253,7 @@ def _child(what: str, quick: bool) -> None:
         result: Any = bench_engine(what.split(":", 1)[1], quick)
         result["rss_mib"] = peak_rss_mib()
     elif what.startswith("load-rss:"):
-        result = bench_engine_load_rss(what.split(":", 1)[1])
+        result = bench_server_load_rss(what.split(":", 1)[1])
     elif what == "llama.cpp":
         result = bench_llama_cpp(embedded_model_path())
     else:
