@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
-from servewise.cli import main
+from servewise.cli import add_engine_args, engine_config, main
 from servewise.config import ConfigError, DeviceConfig
 from servewise.engine.llm_engine import model_dtype, resolve_device
 
@@ -34,3 +36,16 @@ def test_model_dtype_is_fp32_on_cpu_and_bf16_on_a_gpu_unless_fp32_is_asked_for()
     assert model_dtype(DeviceConfig(), torch.device("cpu")) == torch.float32
     assert model_dtype(DeviceConfig(device="cuda"), torch.device("cuda")) == torch.bfloat16
     assert model_dtype(DeviceConfig(device="cuda", linear_backend="fp32"), torch.device("cuda")) == torch.float32
+
+
+def test_the_cpu_kernel_build_comes_from_the_flag_or_the_environment(monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    assert engine_config(parser.parse_args([])).device.cpu_isa == "auto"
+    monkeypatch.setenv("SERVEWISE_CPU_ISA", "avx2")
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)  # defaults are read when the parser is built
+    assert engine_config(parser.parse_args([])).device.cpu_isa == "avx2"
+    assert engine_config(parser.parse_args(["--cpu-isa", "generic"])).device.cpu_isa == "generic"
+    with pytest.raises(ConfigError, match="cpu_isa must be"):
+        DeviceConfig(cpu_isa="amx")

@@ -57,8 +57,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--served-model-name", default=None, help="model name clients use (default: from the file)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (bf16 on a GPU)")
     g.add_argument("--linear-backend", default="auto", choices=["auto", "fp32", "int8"],
-                   help="CPU linear kernels: auto = int8 for small steps, fp32 GEMM for large ones; "
-                        "fp32 = batch-invariant and identical to transformers. On a GPU: auto = bf16, fp32 = fp32")
+                   help="CPU linear kernels: auto = weights in blocks at their stored width (4-bit GGUF stays "
+                        "4-bit), int8 activations; int8 = 8-bit blocks throughout; fp32 = identical to "
+                        "transformers. On a GPU: auto = bf16, fp32 = fp32")
+    g.add_argument("--cpu-isa", default=env("SERVEWISE_CPU_ISA", "auto"), choices=["auto", "avx512", "avx2", "generic"],
+                   help="CPU kernel build (default: the best this CPU and OS allow; also SERVEWISE_CPU_ISA); "
+                        "a lower one is used when the CPU cannot run the one asked for")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     g.add_argument("--enforce-eager", action="store_true",
                    help="GPU: no CUDA graphs (decode steps launch every kernel from Python)")
@@ -89,7 +93,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                           kv_cache_dtype=args.kv_cache_dtype),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len, queue_policy=args.queue_policy),
-        device=DeviceConfig(device=args.device, linear_backend=args.linear_backend,
+        device=DeviceConfig(device=args.device, linear_backend=args.linear_backend, cpu_isa=args.cpu_isa,
                             num_threads=args.threads or os.cpu_count() or 1, enforce_eager=args.enforce_eager),
         structured=StructuredOutputConfig(compile_timeout_s=args.grammar_compile_timeout),
         fault=FaultConfig(step_delay_s=args.fault_step_delay_ms / 1000.0, fail_ratio=args.fault_fail_ratio))

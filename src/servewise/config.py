@@ -107,10 +107,14 @@ class DeviceConfig:
     """Where and how the model math runs."""
 
     device: str = "cpu"  # "cpu" or "cuda" / "cuda:N"
-    # Linear-layer kernels: "fp32" everywhere (batch-invariant, matches transformers), or
-    # "auto": packed int8 weights for small steps, fp32 GEMM for large ones (fastest on CPU).
+    # Linear-layer kernels: "fp32" everywhere (matches transformers), or "auto": each weight kept
+    # in blocks at the width it is stored (4-bit GGUF stays 4-bit; float -> 8-bit), int8
+    # activations, native kernels (fastest on CPU; "int8": 8-bit blocks throughout).
     # On a GPU, "auto" computes in bf16 and "fp32" in fp32 (slower, matches transformers fp32).
     linear_backend: str = "auto"
+    # CPU kernel build: "auto" = the best this CPU and OS allow (AVX-512 VNNI, AVX2, portable);
+    # "avx2" / "generic" cap it (never raise it). Never AMX.
+    cpu_isa: str = "auto"
     num_threads: int | None = None  # torch intra-op threads; None = leave torch's default
     # GPU only: True runs every step eagerly; False replays CUDA graphs for decode steps.
     enforce_eager: bool = False
@@ -120,6 +124,8 @@ class DeviceConfig:
                  f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         _require(self.linear_backend in ("auto", "fp32", "int8"),
                  f"linear_backend must be auto, fp32 or int8, got {self.linear_backend!r}")
+        _require(self.cpu_isa in ("auto", "avx512", "avx2", "generic"),
+                 f"cpu_isa must be auto, avx512, avx2 or generic, got {self.cpu_isa!r}")
         _require(self.num_threads is None or self.num_threads >= 1, "num_threads must be ≥ 1")
         _require(self.device == "cpu" or self.linear_backend != "int8",
                  "linear_backend int8 is a CPU kernel; on a GPU use auto (bf16) or fp32")

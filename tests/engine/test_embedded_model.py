@@ -34,22 +34,45 @@ def gguf() -> str:
     return embedded_gguf_path()
 
 
-def test_greedy_tokens_equal_transformers_on_the_embedded_gguf(gguf):
-    ckpt = load_checkpoint(gguf)
-    tok = ckpt.tokenizer
-    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]), add_special_tokens=False)
-               for p in PROMPTS]
-    engine = make_engine(gguf, backend="fp32", block_size=16, num_blocks=400, checkpoint=ckpt)
-    ours = engine_greedy(engine, prompts, num_tokens=16)
+@pytest.fixture(scope="module")
+def chat_prompts(gguf) -> list[list[int]]:
+    tok = load_checkpoint(gguf).tokenizer
+    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}]), add_special_tokens=False)
+            for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def transformers_greedy(gguf, chat_prompts) -> list[list[int]]:
+    """16 greedy tokens per prompt from transformers fp32 on the same GGUF (dequantized)."""
     model = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
                                                               torch_dtype=torch.float32).eval().to(TEST_DEVICE)
     model.generation_config.eos_token_id = None
+    out = []
     with torch.inference_mode():
-        for p, mine in zip(prompts, ours, strict=True):
+        for p in chat_prompts:
             ids = model.generate(torch.tensor([p], device=TEST_DEVICE), max_new_tokens=16, do_sample=False,
                                  pad_token_id=2, attention_mask=torch.ones(1, len(p), dtype=torch.long,
                                                                            device=TEST_DEVICE))
-            assert ids[0, len(p):].tolist() == mine, tok.decode(p)
+            out.append(ids[0, len(p):].tolist())
+    return out
+
+
+def test_greedy_tokens_equal_transformers_on_the_embedded_gguf(gguf, chat_prompts, transformers_greedy):
+    engine = make_engine(gguf, backend="fp32", block_size=16, num_blocks=400)
+    ours = engine_greedy(engine, chat_prompts, num_tokens=16)
+    tok = engine.tokenizer
+    for p, mine, theirs in zip(chat_prompts, ours, transformers_greedy, strict=True):
+        assert mine == theirs, tok.decode(p)
+
+
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the quantized kernels are CPU kernels")
+def test_quantized_greedy_tokens_agree_with_transformers(gguf, chat_prompts, transformers_greedy):
+    # 4-bit weights as the GGUF stores them, Q8_0 lm_head, 15-bit activations: at least 20 of
+    # the 21 prompts give transformers' 16 tokens exactly (in practice all 21 here).
+    engine = make_engine(gguf, backend="auto", block_size=16, num_blocks=400)
+    ours = engine_greedy(engine, chat_prompts, num_tokens=16)
+    same = sum(mine == theirs for mine, theirs in zip(ours, transformers_greedy, strict=True))
+    assert same >= 20, f"{same}/21 prompts agree"
 
 
 def test_default_engine_answers_paris(gguf):

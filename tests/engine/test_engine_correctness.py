@@ -9,6 +9,7 @@ import torch
 import transformers
 
 from servewise.engine.llm_engine import LLMEngine
+from servewise.layers import native
 from servewise.types import SamplingParams
 from tests.engine.conftest import TEST_DEVICE, make_engine
 
@@ -58,17 +59,20 @@ def test_greedy_matches_transformers(tiny_dirs, arch):
     assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
 
 
-@pytest.mark.parametrize("backend", ["fp32", "auto"])
-def test_batch_invariance(tiny_dirs, backend):
+@pytest.mark.parametrize(("backend", "cpu_isa"), [("fp32", "auto"), ("auto", "auto"), ("auto", "avx2")])
+def test_batch_invariance(tiny_dirs, backend, cpu_isa):
     if TEST_DEVICE != "cpu" and backend == "auto":
         pytest.skip("auto is bf16 on a GPU, whose GEMM kernels change with the batch shape")
+    features = native.probe_cpu()
+    if cpu_isa == "avx2" and (features is None or not features.supports("avx2")):
+        pytest.skip("this CPU cannot run the AVX2 kernels")
     path = tiny_dirs["llama"]
     prompts = varied_prompts(300, count=24, seed=1) + varied_prompts(300, count=8, seed=2)  # a batch of 32
-    reference = engine_greedy(make_engine(path, backend=backend), prompts, alone=True)
+    reference = engine_greedy(make_engine(path, backend=backend, cpu_isa=cpu_isa), prompts, alone=True)
     regimes = {
-        "batch of 32": make_engine(path, backend=backend),
-        "tiny prefill chunk": make_engine(path, backend=backend, max_num_batched_tokens=5),
-        "tiny KV pool (preemption)": make_engine(path, backend=backend, num_blocks=90),
+        "batch of 32": make_engine(path, backend=backend, cpu_isa=cpu_isa),
+        "tiny prefill chunk": make_engine(path, backend=backend, max_num_batched_tokens=5, cpu_isa=cpu_isa),
+        "tiny KV pool (preemption)": make_engine(path, backend=backend, num_blocks=90, cpu_isa=cpu_isa),
     }
     for name, engine in regimes.items():
         assert engine_greedy(engine, prompts) == reference, name

@@ -18,12 +18,7 @@ from servewise.config import ConfigError, DeviceConfig, EngineConfig, ModelArchC
 from servewise.engine.detokenizer import StopAwareDetokenizer
 from servewise.engine.faults import FailureDraw, SlowRunner
 from servewise.engine.kv_cache_manager import KVCacheManager
-from servewise.engine.model_runner import (
-    MAX_ALL_PAGED_STEP_TOKENS,
-    ModelRunner,
-    RunnerOutput,
-    num_blocks_for_budget,
-)
+from servewise.engine.model_runner import ModelRunner, RunnerOutput, num_blocks_for_budget
 from servewise.engine.output_processor import RequestGroup, build_output, check_stop
 from servewise.engine.request import Request
 from servewise.engine.sampler import Sampler, SamplerOutput
@@ -31,8 +26,7 @@ from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput, Scheduler
 from servewise.engine.stats import EngineStats, StepRecord
 from servewise.engine.structured import CompiledGrammar, GrammarCompiler, GrammarState
 from servewise.errors import ContextLengthError, InvalidRequestError
-from servewise.layers.fused_decoder import install_fused_decoder
-from servewise.layers.linear import apply_linear_backend
+from servewise.layers.cpu_backend import CpuBackend
 from servewise.models.registry import build_model
 from servewise.types import FinishReason, RequestOutput, RequestTimings, SamplingParams, TokenLogprob
 
@@ -54,6 +48,7 @@ class ModelInfo:
     vocab_size: int
     num_kv_blocks: int
     block_size: int
+    cpu_kernels: str | None = None  # CPU kernel build in use (avx512, avx2, generic, none); None on a GPU
 
 
 _KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -132,12 +127,12 @@ class LLMEngine:
         kv_dtype = resolve_kv_dtype(config, dtype)
         num_blocks, self.max_model_len = kv_capacity(config, arch, kv_dtype)
         block_size = config.cache.block_size
+        cpu = CpuBackend.create(config.device.linear_backend, config.device.cpu_isa) if dev.type == "cpu" else None
         model = build_model(arch, ckpt.tensors, max_positions=self.max_model_len, device=dev, dtype=dtype,
-                            use_native_kernels=dev.type == "cpu", source=ckpt.path)
-        if dev.type == "cpu":
-            apply_linear_backend(model, config.device.linear_backend)
-            if config.device.linear_backend != "fp32":
-                install_fused_decoder(model, MAX_ALL_PAGED_STEP_TOKENS)
+                            use_native_kernels=dev.type == "cpu", source=ckpt.path, quantized=ckpt.quantized,
+                            transform=cpu.quantize if cpu is not None else None)
+        if cpu is not None:
+            cpu.install(model)
         self.runner = ModelRunner(model, num_blocks, block_size, dev, kv_dtype,
                                   cuda_graphs=not config.device.enforce_eager, max_model_len=self.max_model_len,
                                   max_num_seqs=config.scheduler.max_num_seqs)
@@ -152,7 +147,8 @@ class LLMEngine:
         self.grammars = GrammarCompiler(ckpt.tokenizer, arch.vocab_size, self.eos_token_ids, config.structured)
         self.model_info = ModelInfo(name=config.served_model_name or ckpt.model_name, path=ckpt.path,
                                     max_model_len=self.max_model_len, vocab_size=arch.vocab_size,
-                                    num_kv_blocks=num_blocks, block_size=block_size)
+                                    num_kv_blocks=num_blocks, block_size=block_size,
+                                    cpu_kernels=cpu.isa if cpu is not None else None)
         self.stats = EngineStats()
         self._groups: dict[str, RequestGroup] = {}
         self._pending_final: set[str] = set()  # groups finished outside step() (aborts, failures)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +19,8 @@ from servewise.models.llama import KVCache, LlamaForCausalLM
 # larger ones use dense attention (GEMM-shaped, much faster per token).
 MAX_PAGED_CHUNK_TOKENS = 4
 # A step this small is computed entirely through the paged kernel (every token, prefill
-# included): per-token attention is cheap at this size, and it lets the CPU backend run
-# the whole step natively (layers/fused_decoder.py).
+# included): per-token attention is cheap at this size. (The quantized CPU backend runs
+# every step natively whatever its shape: layers/fused_decoder.py.)
 MAX_ALL_PAGED_STEP_TOKENS = 16
 
 
@@ -38,6 +40,16 @@ def num_blocks_for_budget(arch: ModelArchConfig, cache: CacheConfig, dtype: torc
     if cache.num_blocks is not None:
         return cache.num_blocks
     return max(2, cache.kv_cache_memory_bytes // kv_bytes_per_block(arch, cache.block_size, dtype))
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros; on CPU in pages the OS commits only when first written, so a KV pool sized for the
+    worst case costs memory only for the blocks requests actually fill."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    numel = math.prod(shape)
+    pages = mmap.mmap(-1, max(1, numel * torch.empty(0, dtype=dtype).element_size()))  # anonymous: zero-filled
+    return torch.frombuffer(pages, dtype=dtype, count=numel).view(shape)  # the tensor keeps `pages` alive
 
 
 @dataclass
@@ -64,7 +76,7 @@ class ModelRunner:
         # With CUDA graphs, one spare block past the pool takes the padding rows' K/V.
         shape = (num_blocks + use_graphs, arch.num_key_value_heads, block_size, arch.head_dim)
         self.kv_caches: list[KVCache] = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            (lazy_zeros(shape, dtype, device), lazy_zeros(shape, dtype, device))
             for _ in range(arch.num_hidden_layers)
         ]
         self.graphs: CudaGraphDecoder | None = None

@@ -58,7 +58,8 @@ class ReplicaServer:
         self.backend = LocalBackend(engine, self.admission)
         self.scheduler_config = config.scheduler
         self.tracker = SLOTracker(settings.slo.slo_config)
-        self.metrics = ServerMetrics(engine.model_info.name, lambda: engine.stats, self._samples)
+        self.metrics = ServerMetrics(engine.model_info.name, lambda: engine.stats, self._samples,
+                                     cpu_kernels=engine.model_info.cpu_kernels)
         self.accepting = True
         self._keys = itertools.count()
         # route key -> (class priority, admission key) of requests waiting for a first token

@@ -56,6 +56,7 @@ class PagedAttention:
         self.head_dim = head_dim
         self.scale = head_dim ** -0.5
         self.use_native = use_native
+        self.native_lib: ctypes.CDLL | None = None  # set by the CPU backend (its ISA's build); None: the default
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -77,7 +78,7 @@ class PagedAttention:
     def _native_lib(self, q: torch.Tensor) -> ctypes.CDLL | None:
         if not self.use_native or q.device.type != "cpu" or q.dtype != torch.float32:
             return None
-        return native.load_library()
+        return self.native_lib or native.load_library()
 
     def _paged(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                meta: AttentionMetadata) -> torch.Tensor:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES
 
 from servewise.config import ModelArchConfig
-from servewise.loading.checkpoint import Checkpoint, QuantizedTensor
+from servewise.loading.checkpoint import Checkpoint, LazyTensors, QuantizedTensor
 from servewise.loading.dequant import FLOAT_TYPES, dequantize
 from servewise.loading.gguf_config import (
     PERMUTED_QK_ARCHITECTURES,
@@ -73,7 +75,8 @@ def _rope_freqs(gguf: GGUFFile) -> np.ndarray | None:
 
 
 def load_gguf(path: str, dtype: torch.dtype = torch.float32, *, weights: bool = True) -> Checkpoint:
-    """Parse, validate and dequantize a llama/mistral/qwen2 GGUF file (``weights=False``: no tensors)."""
+    """Parse and validate a llama/mistral/qwen2 GGUF file; tensors are dequantized when read
+    (``weights=False``: shapes and tokenizer only, no tensors)."""
     gguf = read_gguf(path)
     num_splits = gguf.get_int("split.count", 1)
     if num_splits > 1:
@@ -86,16 +89,16 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32, *, weights: bool = 
         raise gguf.error(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {arch.vocab_size}")
     names = _hf_names(gguf)
     check_shapes(path, {hf: gguf.tensors[g].shape for hf, g in names.items()}, arch, describe=names)
-    tensors: dict[str, torch.Tensor] = {}
+    decoders: dict[str, Callable[[], torch.Tensor]] = {}
     quantized: dict[str, QuantizedTensor] = {}
     for hf_name, gguf_name in names.items() if weights else ():
         info = gguf.tensors[gguf_name]
         raw = _raw_rows(gguf, info, _row_order(hf_name, arch))
-        tensors[hf_name] = dequantize(raw, info.ggml_type, info.shape, dtype)
+        decoders[hf_name] = partial(dequantize, raw, info.ggml_type, info.shape, dtype)
         if info.ggml_type not in FLOAT_TYPES:
             rows, cols = info.shape
             quantized[hf_name] = QuantizedTensor(info.ggml_type.name, (rows, cols), raw)
     # The file name is what users see and type (general.name is often a training-run label).
     model_name = os.path.splitext(os.path.basename(path))[0]
-    return Checkpoint(path=path, format="gguf", model_name=model_name, arch=arch, tensors=tensors,
+    return Checkpoint(path=path, format="gguf", model_name=model_name, arch=arch, tensors=LazyTensors(decoders),
                       quantized=quantized, tokenizer=tokenizer)

@@ -34,7 +34,7 @@ from servewise.engine.llm_engine import LLMEngine
 from servewise.engine.model_runner import MAX_ALL_PAGED_STEP_TOKENS
 from servewise.engine.request import Request
 from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput
-from servewise.layers.linear import DEFAULT_MAX_INT8_ROWS, PACKED_ROWS
+from servewise.layers.cpu_backend import QUANT_GEMM_ROW_REGIMES
 from servewise.plan.fit import StepSample, fit_forward, fit_line, model_from_coefficients
 from servewise.plan.machine import model_fingerprint, this_machine
 from servewise.plan.profile import BackendInfo, ModelIdentity, Profile, ProfiledRange
@@ -70,7 +70,7 @@ class ProfileGrid:
     @classmethod
     def default(cls, max_tokens: int, max_seqs: int, max_context: int, *, quick: bool = False) -> ProfileGrid:
         """Sizes that straddle every kernel boundary, up to the engine's limits."""
-        edges = sorted({b for edge in (MAX_ALL_PAGED_STEP_TOKENS, DEFAULT_MAX_INT8_ROWS, PACKED_ROWS)
+        edges = sorted({b for edge in (MAX_ALL_PAGED_STEP_TOKENS, *QUANT_GEMM_ROW_REGIMES)
                         for b in (edge, edge + 1)})
         if quick:
             prefill = tuple(s for s in (1, 4, 16, 17, 64, 65, 256, 512) if s <= max_tokens)
@@ -91,9 +91,9 @@ def _upto(values: tuple[int, ...], limit: int) -> tuple[int, ...]:
 
 def row_boundaries(config: EngineConfig) -> tuple[int, ...]:
     """Row counts where this backend's kernels change (the regimes of ``RowCost``)."""
-    edges = {MAX_ALL_PAGED_STEP_TOKENS, DEFAULT_MAX_INT8_ROWS}
-    if config.device.device == "cpu" and config.device.linear_backend == "auto":
-        edges.add(PACKED_ROWS)
+    edges = {MAX_ALL_PAGED_STEP_TOKENS}
+    if config.device.device == "cpu" and config.device.linear_backend != "fp32":
+        edges.update(QUANT_GEMM_ROW_REGIMES)
     return tuple(sorted(edges))
 
 

@@ -81,9 +81,22 @@ class _SampleCollector(Collector):
         yield from families.values()
 
 
+class _CpuKernelCollector(Collector):
+    """Which build of the CPU kernels the engine runs (an info metric: value 1, the ISA a label)."""
+
+    def __init__(self, model_name: str, isa: str) -> None:
+        self._model, self._isa = model_name, isa
+
+    def collect(self) -> Iterable[Metric]:
+        g = GaugeMetricFamily(PREFIX + "cpu_kernel_info", "CPU kernel build in use (avx512, avx2, generic; "
+                                                          "none: PyTorch only).", labels=["model_name", "isa"])
+        g.add_metric([self._model, self._isa], 1.0)
+        yield g
+
+
 class ServerMetrics:
     def __init__(self, model_name: str, engine_stats: Callable[[], EngineStats] | None,
-                 samples: Callable[[], Iterable[MetricSample]] | None = None) -> None:
+                 samples: Callable[[], Iterable[MetricSample]] | None = None, cpu_kernels: str | None = None) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         r = self.registry
@@ -111,6 +124,8 @@ class ServerMetrics:
                                    ["model_name", "kind"], registry=r)
         if engine_stats is not None:  # None at a fleet's ingress: its replicas export the engine series
             r.register(_EngineCollector(engine_stats, model_name))
+        if cpu_kernels is not None:
+            r.register(_CpuKernelCollector(model_name, cpu_kernels))
         if samples is not None:
             r.register(_SampleCollector(samples))
 

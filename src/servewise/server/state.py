@@ -92,7 +92,8 @@ class ServerState:
             yield from self.slo.metric_samples()
             yield from backend.metric_samples()
 
-        self.metrics = ServerMetrics(info.name, backend.stats if backend.has_engine_series() else None, samples)
+        self.metrics = ServerMetrics(info.name, backend.stats if backend.has_engine_series() else None, samples,
+                                     cpu_kernels=info.cpu_kernels if backend.has_engine_series() else None)
         self.formatter = LogprobFormatter(backend.tokenizer)
         self.fingerprint = "fp_" + hashlib.sha256(f"{__version__}|{info.path}|{self.engine_config}".encode()
                                                   ).hexdigest()[:10]
