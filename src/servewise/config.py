@@ -95,11 +95,19 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512  # tokens computed per step (prefill chunks + decodes)
     max_model_len: int | None = None  # context cap; None = the model's own
     queue_policy: str = "fcfs"  # waiting-queue order, see engine/queue_policy.py
+    # Prefill tokens per step (slo/step_budget.py): "slo" = what keeps the step within the tightest
+    # running TPOT × step_tpot_margin by the fitted step cost; "fixed" = max_num_batched_tokens - decodes.
+    step_budget: str = "slo"
+    step_tpot_margin: float = 0.9  # steps aim at this fraction of the tightest running TPOT target
+    min_prefill_chunk_tokens: int = 32  # prefill tokens a step may always take while decodes run
 
     def __post_init__(self) -> None:
         _require(1 <= self.max_num_seqs <= 4096, "max_num_seqs must be in [1, 4096]")
         _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be ≥ 1")
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len must be ≥ 2")
+        _require(self.step_budget in ("slo", "fixed"), f"step_budget must be slo or fixed, got {self.step_budget!r}")
+        _require(0 < self.step_tpot_margin <= 1, "step_tpot_margin must be in (0, 1]")
+        _require(self.min_prefill_chunk_tokens >= 1, "min_prefill_chunk_tokens must be ≥ 1")
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ class LLMEngine:
                                   cuda_graphs=not config.device.enforce_eager, max_model_len=self.max_model_len,
                                   max_num_seqs=config.scheduler.max_num_seqs)
         self.kv_cache = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.kv_cache)
+        self.scheduler = Scheduler(config.scheduler, self.kv_cache)  # its cost model learns from _account
         self.sampler = Sampler()
         self.vocab_size = arch.vocab_size
         self.eos_token_ids = frozenset(ckpt.tokenizer.eos_token_ids) | frozenset(arch.eos_token_ids)
@@ -158,9 +158,10 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
                     arrival_s: float | None = None, priority: int = 0, deadline_s: float | None = None,
-                    grammar: CompiledGrammar | None = None) -> None:
+                    tpot_s: float | None = None, grammar: CompiledGrammar | None = None) -> None:
         """grammar: ``params.grammar`` compiled already (AsyncEngine compiles off this thread); when
-        missing, it is compiled here, blocking (offline use)."""
+        missing, it is compiled here, blocking (offline use). tpot_s: its SLO class's time-per-output-token
+        target, which sizes the prefill share of steps while it decodes (slo/step_budget.py)."""
         if request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", param="request_id")
         self.validate_prompt(prompt_token_ids, params)
@@ -175,7 +176,7 @@ class LLMEngine:
                 request_id=request_id if params.n == 1 else f"{request_id}#{index}", group_id=request_id,
                 index=index, prompt_token_ids=list(prompt_token_ids), params=params, timings=timings,
                 eos_token_ids=self.eos_token_ids, max_total_tokens=self.max_model_len, generator=generator,
-                priority=priority, deadline_s=deadline_s,
+                priority=priority, deadline_s=deadline_s, tpot_s=tpot_s,
                 grammar=GrammarState(grammar, self.eos_token_ids) if params.grammar and grammar else None))
         group = RequestGroup(request_id, children, [StopAwareDetokenizer(self.tokenizer, params)
                                                     for _ in children], pending_times=[[] for _ in children])
@@ -263,8 +264,10 @@ class LLMEngine:
                 num_prefill += chunk.num_new_tokens
             else:
                 chunk.request.timings.decode_compute_s += share
-        self.stats.record_step(StepRecord(duration_s=elapsed_s, num_tokens=total, num_prefill_tokens=num_prefill,
-                                          num_requests=len(sched.chunks)))
+        record = StepRecord(duration_s=elapsed_s, num_tokens=total, num_prefill_tokens=num_prefill,
+                            num_requests=len(sched.chunks))
+        self.stats.record_step(record)
+        self.scheduler.cost_model.observe(record)  # the step budget is sized by the engine's own steps
 
     def _update(self, sched: ScheduleOutput, sampled: Sampled, step_start_s: float, now: float) -> None:
         for chunk in sched.chunks:
