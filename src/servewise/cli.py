@@ -23,6 +23,7 @@ from servewise.config import (
     EngineConfig,
     SchedulerConfig,
     ServerConfig,
+    SpeculativeConfig,
     StructuredOutputConfig,
 )
 from servewise.errors import ModelLoadError
@@ -73,6 +74,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="prompt tokens per step next to running decodes: slo = what keeps the step within the "
                         "tightest running TPOT target (by the fitted step cost); fixed = all the rest of "
                         "--max-num-batched-tokens")
+    g.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+                   help="n-gram speculative decoding (prompt lookup): draft up to K tokens from the sequence's "
+                        "own text and verify them in one step; 0 = off. Turns itself off per step when more "
+                        "than 4 sequences run or the drafts are rarely accepted")
     g.add_argument("--max-model-len", type=int, default=None, help="context cap (default: the model's)")
     g.add_argument("--queue-policy", default="fcfs", choices=["fcfs", "priority"])
     g.add_argument("--seed", type=int, default=0, help="seed for requests that give none")
@@ -89,6 +94,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len, queue_policy=args.queue_policy,
                                   step_budget=args.step_budget),
+        speculative=SpeculativeConfig(num_speculative_tokens=args.speculative_ngram),
         device=DeviceConfig(device=args.device, linear_backend=args.linear_backend,
                             num_threads=args.threads or os.cpu_count() or 1, enforce_eager=args.enforce_eager),
         structured=StructuredOutputConfig(compile_timeout_s=args.grammar_compile_timeout))

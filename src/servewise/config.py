@@ -111,6 +111,32 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class SpeculativeConfig:
+    """n-gram speculative decoding (prompt lookup), engine/speculative.py."""
+
+    num_speculative_tokens: int = 0  # k: most draft tokens proposed and verified per step; 0 = off
+    prompt_lookup_max: int = 3  # longest suffix n-gram looked up in the sequence's own tokens
+    prompt_lookup_min: int = 1  # shortest
+    max_num_running: int = 4  # never draft while more sequences run (their decode steps are compute-bound)
+    # Draft only when the expected tokens per second of the step, by the fitted step cost and the
+    # sequence's acceptance, beat not drafting by this factor (the draft length is chosen the same way).
+    min_speedup: float = 1.05
+    probe_interval_steps: int = 16  # a sequence that stopped drafting tries 1 draft token this often
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.num_speculative_tokens <= 16, "num_speculative_tokens must be in [0, 16]")
+        _require(1 <= self.prompt_lookup_min <= self.prompt_lookup_max <= 8,
+                 "need 1 ≤ prompt_lookup_min ≤ prompt_lookup_max ≤ 8")
+        _require(self.max_num_running >= 1, "max_num_running must be ≥ 1")
+        _require(self.min_speedup >= 1.0, "min_speedup must be ≥ 1")
+        _require(self.probe_interval_steps >= 1, "probe_interval_steps must be ≥ 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_speculative_tokens > 0
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """Where and how the model math runs."""
 
@@ -155,6 +181,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     seed: int = 0  # seed of requests that give none
 
 
