@@ -431,3 +431,24 @@ def test_the_engine_wires_drafting_to_its_own_step_costs(tiny_dirs):
     batch = {"a": (prompt(engine, COPY_TEXT * 2), params)}
     assert run(engine, batch)["a"].outputs[0].token_ids == run(plain, batch)["a"].outputs[0].token_ids
     assert engine.scheduler.cost_model.num_steps == engine.stats.num_steps  # it learns from every step
+
+
+def test_acceptance_is_learnt_per_match_length():
+    speculator = NgramSpeculator(SpeculativeConfig(num_speculative_tokens=3), StepCostModel(CostModelConfig(
+        prior_step_overhead_s=0.010, prior_decode_s_per_token=0.004)))
+
+    def decoding(tokens):
+        r = create_request(tokens, params=SamplingParams(max_tokens=100))
+        r.num_computed_tokens = r.num_tokens - 1
+        return r
+
+    one_gram = decoding([7, 8, 9, 7])
+    speculator.propose([one_gram])
+    assert one_gram.draft_token_ids == [8, 9]
+    for _ in range(3):  # drafts found by a 1-gram keep failing
+        speculator.observe(one_gram, 2, 0)
+    fresh_one_gram, three_gram = decoding([17, 18, 19, 17]), decoding([1, 2, 3, 9, 1, 2, 3])
+    speculator.propose([fresh_one_gram])
+    speculator.propose([three_gram])
+    assert not fresh_one_gram.draft_token_ids
+    assert three_gram.draft_token_ids == [9, 1]  # a 3-gram match still drafts, at the starting rate

@@ -243,3 +243,10 @@ def test_ttft_prediction_follows_the_engine_step_budget():
     assert fixed.predict(PROMPT, chat, num_running=20).num_steps == 1
     ctl.on_finished("streaming")
     assert ctl.step_target_s() is None and ctl.predict(PROMPT, chat, num_running=20).num_steps == 1
+
+
+def test_a_target_out_of_reach_even_for_one_sequence_sheds_nobody_on_tpot():
+    slow = AdmissionController(AdmissionConfig(max_num_batched_tokens=BUDGET, cost_model=CostModelConfig(
+        prior_step_overhead_s=0.3, prior_decode_s_per_token=0.01)), clock=FakeClock())
+    chat = make_class("chat", ttft_s=50.0, tpot_s=0.1)
+    assert slow.decide(PROMPT, chat, num_running=5, num_waiting=0).admitted  # waiting would not help it

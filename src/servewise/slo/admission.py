@@ -22,7 +22,8 @@ the request waits, the rest of the step in progress, and a full running batch
 Prediction error is measured (``observe_ttft``) so these show up on the dashboard.
 
 TPOT guard: one more sequence makes every decode step ``a + c·(D + 1)``; when that
-exceeds the class's ``tpot_s × margin`` the request is shed (never on an idle engine).
+exceeds the class's ``tpot_s × margin`` the request is shed (never on an idle engine, nor
+when even one sequence's steps miss the target).
 It predicts the next steps from the fitted cost, so it forgets a burst as soon as the
 burst's streams are gone (an average of recent steps held it against new requests).
 
@@ -312,12 +313,14 @@ class AdmissionController:
 
     def _tpot_overload(self, slo: SLOClass, num_running: int) -> str | None:
         """Why one more sequence would push decode steps past the class's TPOT target: the next steps,
-        ``num_running + 1`` decodes by the fitted cost (never on an idle engine: shedding cannot help)."""
+        ``num_running + 1`` decodes by the fitted cost. Never on an idle engine, nor when a lone
+        sequence's steps already miss the target: shedding cannot help then."""
         if slo.tpot_s is None or num_running == 0:
             return None
-        predicted = self.cost_model.cost().step_s(0, num_running + 1)
+        cost = self.cost_model.cost()
+        predicted = cost.step_s(0, num_running + 1)
         limit = slo.tpot_s * self.config.tpot_margin
-        if predicted <= limit:
+        if predicted <= limit or cost.step_s(0, 1) > limit:
             return None
         return (f"with {num_running + 1} sequences a decode step would take {predicted * 1e3:.0f} ms, over "
                 f"{limit * 1e3:.0f} ms (time per output token target {slo.tpot_s * 1e3:g} ms × margin "
