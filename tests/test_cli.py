@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from servewise.cli import main
+from servewise.cli import build_parser, engine_config, main
 from servewise.config import ConfigError, DeviceConfig
 from servewise.engine.llm_engine import model_dtype, resolve_device
 
@@ -15,6 +15,7 @@ from servewise.engine.llm_engine import model_dtype, resolve_device
     (["--device", "cuda", "--linear-backend", "int8"], "linear_backend int8 is a CPU kernel"),
     (["--model", "/no/such/model.gguf"], "cannot load model from /no/such/model.gguf: no such file or directory"),
     (["--max-num-seqs", "0"], "max_num_seqs must be in [1, 4096]"),
+    (["--speculative-ngram", "17"], "num_speculative_tokens must be in [0, 16]"),
 ])
 def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch, argv, message):
     monkeypatch.setattr("servewise.cli._setup_process", lambda level: None)  # leave the test's logging alone
@@ -34,3 +35,10 @@ def test_model_dtype_is_fp32_on_cpu_and_bf16_on_a_gpu_unless_fp32_is_asked_for()
     assert model_dtype(DeviceConfig(), torch.device("cpu")) == torch.float32
     assert model_dtype(DeviceConfig(device="cuda"), torch.device("cuda")) == torch.bfloat16
     assert model_dtype(DeviceConfig(device="cuda", linear_backend="fp32"), torch.device("cuda")) == torch.float32
+
+
+def test_step_budget_and_speculation_flags():
+    config = engine_config(build_parser().parse_args(["serve"]))
+    assert config.scheduler.step_budget == "slo" and config.speculative.num_speculative_tokens == 4
+    config = engine_config(build_parser().parse_args(["serve", "--step-budget", "fixed", "--speculative-ngram", "0"]))
+    assert config.scheduler.step_budget == "fixed" and not config.speculative.enabled

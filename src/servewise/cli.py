@@ -74,10 +74,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="prompt tokens per step next to running decodes: slo = what keeps the step within the "
                         "tightest running TPOT target (by the fitted step cost); fixed = all the rest of "
                         "--max-num-batched-tokens")
-    g.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+    g.add_argument("--speculative-ngram", type=int, default=4, metavar="K",
                    help="n-gram speculative decoding (prompt lookup): draft up to K tokens from the sequence's "
-                        "own text and verify them in one step; 0 = off. Turns itself off per step when more "
-                        "than 4 sequences run or the drafts are rarely accepted")
+                        "own text and verify them in the same step (same tokens as without); 0 = off. A sequence "
+                        "drafts only when the measured step costs and its acceptance say it pays, never while "
+                        "more than 4 sequences run")
     g.add_argument("--max-model-len", type=int, default=None, help="context cap (default: the model's)")
     g.add_argument("--queue-policy", default="fcfs", choices=["fcfs", "priority"])
     g.add_argument("--seed", type=int, default=0, help="seed for requests that give none")

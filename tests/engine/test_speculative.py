@@ -452,3 +452,19 @@ def test_acceptance_is_learnt_per_match_length():
     speculator.propose([three_gram])
     assert not fresh_one_gram.draft_token_ids
     assert three_gram.draft_token_ids == [9, 1]  # a 3-gram match still drafts, at the starting rate
+
+
+def test_no_probe_where_even_a_perfect_draft_would_not_pay():
+    speculator = NgramSpeculator(SpeculativeConfig(num_speculative_tokens=4, probe_interval_steps=2),
+                                 StepCostModel())
+    for i in range(10):  # graph-replayed single-token decodes: 4 ms; anything longer runs eagerly: 35 ms
+        speculator.observe_step(FakeStep(0.004, 1, 0, 1, float(i)))
+        for tokens in range(2, 6):
+            speculator.observe_step(FakeStep(0.035, tokens, 0, 1, float(i)))
+    r = create_request([1, 2, 3, 1, 2, 3, 1, 2], params=SamplingParams(max_tokens=100))
+    r.num_computed_tokens = r.num_tokens - 1
+    drafted = []
+    for _ in range(6):
+        speculator.propose([r])
+        drafted.append(len(r.draft_token_ids))
+    assert drafted == [0] * 6

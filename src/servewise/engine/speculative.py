@@ -29,7 +29,9 @@ a draft token is accepted once the ones before it were):
 - ``α`` is counted per sequence and per match length n (decayed counts of accepted / tested
   draft positions, starting from the engine-wide rate for that n): a 3-gram match predicts the
   next tokens far better than a 1-gram one. A sequence that stopped drafting tries one draft
-  token every ``probe_interval_steps`` steps, to notice when its text turns repetitive;
+  token every ``probe_interval_steps`` steps, to notice when its text turns repetitive, unless
+  even a draft that is always accepted would not pay (a device whose verify steps cannot use
+  the decode fast path: CUDA graphs replay single-token decodes only);
 - never when its logits depend on the tokens being verified: a grammar (its matcher would
   have to accept, then roll back, each draft token), repetition/presence/frequency penalties,
   min_tokens not reached yet;
@@ -237,8 +239,9 @@ class NgramSpeculator:
                                           max_draft_tokens(request, self.config.num_speculative_tokens))
         k = draft_length(state.acceptance[n].rate, len(proposal), self.costs.step_s, num_step_tokens,
                          num_step_emitted, self.config.min_speedup) if proposal else 0
-        if k == 0 and proposal and state.num_steps_off >= self.config.probe_interval_steps:
-            k = 1  # a probe: one token tells whether acceptance recovered
+        if k == 0 and proposal and state.num_steps_off >= self.config.probe_interval_steps and draft_length(
+                1.0, len(proposal), self.costs.step_s, num_step_tokens, num_step_emitted, self.config.min_speedup):
+            k = 1  # a probe, where a draft could pay at all: one token tells whether acceptance recovered
         state.num_steps_off = 0 if k else state.num_steps_off + 1
         state.draft_n = n
         return proposal[:k]
