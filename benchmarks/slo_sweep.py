@@ -3,6 +3,7 @@ admission control on and off.
 
     python benchmarks/slo_sweep.py [--rates 0.5,1,2,4] [--duration-s 60] [--overload-duration-s 120]
                                    [--skip-peer] [--skip-overload] [--out bench-results/slo]
+                                   [--servewise-args FLAGS] [--compare-args FLAGS]
 
 Part 1 (the `servewise bench` issue): open-loop Poisson sweep on the Alpaca seed tasks
 (`../shared/data/alpaca_seed_tasks.jsonl`, chat endpoint, max_tokens 128) with the SLO
@@ -138,6 +139,10 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse results.json files already in --out")
     parser.add_argument("--servewise-args", default="", help="extra `servewise serve` flags, e.g. "
                         "'--max-num-batched-tokens 128'")
+    parser.add_argument("--compare-args", default=None,
+                        help="also sweep `servewise serve` with these flags instead and print the goodput ratio, "
+                             "e.g. '--admission enforce --step-budget fixed' against --servewise-args "
+                             "'--admission enforce'")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +153,8 @@ def main() -> None:
     ours = point_rows(run_or_reuse(args.reuse, out / "servewise", lambda: sweep_servewise(
         rates, args.duration_s, out, "--admission", "off", *extra)))
     best = print_sweep(f"servewise serve (embedded SmolLM2-135M Q4_1, admission off {' '.join(extra)})", ours)
+    if args.compare_args is not None:
+        compare_sweeps(ours, rates, args.duration_s, out, args.compare_args.split(), args.reuse)
     if not args.skip_peer:
         try:
             peer_port = free_port()
@@ -183,6 +190,18 @@ def sweep_servewise(rates: list[float], duration_s: float, out: Path, *flags: st
         return bench(port, rates, duration_s, out / "servewise", "server")
     finally:
         stop(proc)
+
+
+def compare_sweeps(ours: list[dict[str, Any]], rates: list[float], duration_s: float, out: Path,
+                   flags: list[str], reuse: bool) -> None:
+    """The same sweep with other flags (a baseline), its table, and goodput ours / its per rate."""
+    (out / "compare").mkdir(parents=True, exist_ok=True)
+    theirs = point_rows(run_or_reuse(reuse, out / "compare" / "servewise", lambda: sweep_servewise(
+        rates, duration_s, out / "compare", "--admission", "off", *flags)))
+    print_sweep(f"servewise serve {' '.join(flags)} (the baseline)", theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        ratio = a["goodput"] / b["goodput"] if b["goodput"] else float("inf")
+        print(f"rate {a['rate']}: goodput {a['goodput']:.2f} vs {b['goodput']:.2f} req/s = {ratio:.2f}×")
 
 
 def overload(base_rate: float, duration_s: float, out: Path, extra: list[str], reuse: bool) -> None:

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from servewise.cli import add_engine_args, engine_config, main
+from servewise.cli import add_engine_args, build_parser, engine_config, main
 from servewise.config import ConfigError, DeviceConfig
 from servewise.engine.llm_engine import model_dtype, resolve_device
 
@@ -17,6 +17,7 @@ from servewise.engine.llm_engine import model_dtype, resolve_device
     (["--device", "cuda", "--linear-backend", "int8"], "linear_backend int8 is a CPU kernel"),
     (["--model", "/no/such/model.gguf"], "cannot load model from /no/such/model.gguf: no such file or directory"),
     (["--max-num-seqs", "0"], "max_num_seqs must be in [1, 4096]"),
+    (["--speculative-ngram", "17"], "num_speculative_tokens must be in [0, 16]"),
 ])
 def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch, argv, message):
     monkeypatch.setattr("servewise.cli._setup_process", lambda level: None)  # leave the test's logging alone
@@ -49,3 +50,10 @@ def test_the_cpu_kernel_build_comes_from_the_flag_or_the_environment(monkeypatch
     assert engine_config(parser.parse_args(["--cpu-isa", "generic"])).device.cpu_isa == "generic"
     with pytest.raises(ConfigError, match="cpu_isa must be"):
         DeviceConfig(cpu_isa="amx")
+
+
+def test_step_budget_and_speculation_flags():
+    config = engine_config(build_parser().parse_args(["serve"]))
+    assert config.scheduler.step_budget == "slo" and config.speculative.num_speculative_tokens == 4
+    config = engine_config(build_parser().parse_args(["serve", "--step-budget", "fixed", "--speculative-ngram", "0"]))
+    assert config.scheduler.step_budget == "fixed" and not config.speculative.enabled

@@ -24,6 +24,7 @@ from servewise.config import (
     FaultConfig,
     SchedulerConfig,
     ServerConfig,
+    SpeculativeConfig,
     StructuredOutputConfig,
 )
 from servewise.errors import ModelLoadError
@@ -75,6 +76,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="K/V storage: auto = fp16 on CPU (fp32 with --linear-backend fp32)")
     g.add_argument("--max-num-seqs", type=int, default=64, help="requests running at once")
     g.add_argument("--max-num-batched-tokens", type=int, default=512, help="tokens computed per engine step")
+    g.add_argument("--step-budget", default="slo", choices=["slo", "fixed"],
+                   help="prompt tokens per step next to running decodes: slo = what keeps the step within the "
+                        "tightest running TPOT target (by the fitted step cost); fixed = all the rest of "
+                        "--max-num-batched-tokens")
+    g.add_argument("--speculative-ngram", type=int, default=4, metavar="K",
+                   help="n-gram speculative decoding (prompt lookup): draft up to K tokens from the sequence's "
+                        "own text and verify them in the same step (same tokens as without); 0 = off. A sequence "
+                        "drafts only when the measured step costs and its acceptance say it pays, never while "
+                        "more than 4 sequences run")
     g.add_argument("--max-model-len", type=int, default=None, help="context cap (default: the model's)")
     g.add_argument("--queue-policy", default="fcfs", choices=["fcfs", "priority"])
     g.add_argument("--seed", type=int, default=0, help="seed for requests that give none")
@@ -92,7 +102,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                           num_blocks=args.num_kv_blocks, enable_prefix_caching=not args.no_prefix_caching,
                           kv_cache_dtype=args.kv_cache_dtype),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                                  max_model_len=args.max_model_len, queue_policy=args.queue_policy),
+                                  max_model_len=args.max_model_len, queue_policy=args.queue_policy,
+                                  step_budget=args.step_budget),
+        speculative=SpeculativeConfig(num_speculative_tokens=args.speculative_ngram),
         device=DeviceConfig(device=args.device, linear_backend=args.linear_backend, cpu_isa=args.cpu_isa,
                             num_threads=args.threads or os.cpu_count() or 1, enforce_eager=args.enforce_eager),
         structured=StructuredOutputConfig(compile_timeout_s=args.grammar_compile_timeout),

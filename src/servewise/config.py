@@ -95,11 +95,45 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512  # tokens computed per step (prefill chunks + decodes)
     max_model_len: int | None = None  # context cap; None = the model's own
     queue_policy: str = "fcfs"  # waiting-queue order, see engine/queue_policy.py
+    # Prefill tokens per step (slo/step_budget.py): "slo" = what keeps the step within the tightest
+    # running TPOT × step_tpot_margin by the fitted step cost; "fixed" = max_num_batched_tokens - decodes.
+    step_budget: str = "slo"
+    step_tpot_margin: float = 0.9  # steps aim at this fraction of the tightest running TPOT target
+    min_prefill_chunk_tokens: int = 32  # prefill tokens a step may always take while decodes run
 
     def __post_init__(self) -> None:
         _require(1 <= self.max_num_seqs <= 4096, "max_num_seqs must be in [1, 4096]")
         _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be ≥ 1")
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len must be ≥ 2")
+        _require(self.step_budget in ("slo", "fixed"), f"step_budget must be slo or fixed, got {self.step_budget!r}")
+        _require(0 < self.step_tpot_margin <= 1, "step_tpot_margin must be in (0, 1]")
+        _require(self.min_prefill_chunk_tokens >= 1, "min_prefill_chunk_tokens must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """n-gram speculative decoding (prompt lookup), engine/speculative.py."""
+
+    num_speculative_tokens: int = 0  # k: most draft tokens proposed and verified per step; 0 = off
+    prompt_lookup_max: int = 3  # longest suffix n-gram looked up in the sequence's own tokens
+    prompt_lookup_min: int = 1  # shortest
+    max_num_running: int = 4  # never draft while more sequences run (their decode steps are compute-bound)
+    # Draft only when the expected tokens per second of the step, by the fitted step cost and the
+    # sequence's acceptance, beat not drafting by this factor (the draft length is chosen the same way).
+    min_speedup: float = 1.05
+    probe_interval_steps: int = 16  # a sequence that stopped drafting tries 1 draft token this often
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.num_speculative_tokens <= 16, "num_speculative_tokens must be in [0, 16]")
+        _require(1 <= self.prompt_lookup_min <= self.prompt_lookup_max <= 8,
+                 "need 1 ≤ prompt_lookup_min ≤ prompt_lookup_max ≤ 8")
+        _require(self.max_num_running >= 1, "max_num_running must be ≥ 1")
+        _require(self.min_speedup >= 1.0, "min_speedup must be ≥ 1")
+        _require(self.probe_interval_steps >= 1, "probe_interval_steps must be ≥ 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_speculative_tokens > 0
 
 
 @dataclass(frozen=True)
@@ -170,6 +204,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     structured: StructuredOutputConfig = field(default_factory=StructuredOutputConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     seed: int = 0  # seed of requests that give none
     fault: FaultConfig = field(default_factory=FaultConfig)  # off unless asked for (rollout tests)
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 import transformers
 
+from servewise.config import SpeculativeConfig
 from servewise.engine.llm import LLM
+from servewise.engine.speculative import NoSpeculation
 from servewise.loading import load_checkpoint
 from servewise.types import SamplingParams
 from tests.engine.conftest import TEST_DEVICE, make_engine
@@ -81,3 +83,20 @@ def test_default_engine_answers_paris(gguf):
                       SamplingParams(temperature=0, max_tokens=30))[0]
     assert "Paris" in result.text
     assert result.outputs[0].finish_reason.value == "stop"
+
+
+def test_speculation_gives_the_same_greedy_tokens_on_a_copying_prompt(gguf):
+    from tests.engine.test_speculative import FreeDraftSpeculator
+
+    llm = LLM(enable_prefix_caching=False, num_speculative_tokens=4)  # no prefix hits: both runs compute alike
+    passage = ("The Eiffel Tower was built for the 1889 World's Fair in Paris. It is 330 metres tall and was the "
+               "tallest man-made structure in the world for 41 years, until the Chrysler Building was finished.")
+    messages = [{"role": "user", "content": f"Rewrite the following text, keeping every fact:\n\n{passage}"}]
+    params = SamplingParams(temperature=0, max_tokens=64)
+    llm.engine.speculator = NoSpeculation()
+    plain = llm.chat(messages, params)[0].outputs[0].token_ids
+    llm.engine.speculator = FreeDraftSpeculator(SpeculativeConfig(num_speculative_tokens=4))
+    drafted = llm.chat(messages, params)[0].outputs[0].token_ids
+    assert drafted == plain
+    stats = llm.engine.stats
+    assert stats.num_accepted_tokens > len(plain) // 4  # it copies: many tokens came from accepted drafts

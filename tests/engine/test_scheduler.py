@@ -1,6 +1,12 @@
+import random
+
 from servewise.engine.request import RequestStatus
+from servewise.slo.admission import prefill_time_s
+from servewise.slo.cost_model import StepCostModel
+from servewise.slo.step_budget import prefill_budget
 from servewise.types import FinishReason, SamplingParams
 from tests.engine.utils import complete_step, create_request, create_scheduler
+from tests.slo.factories import FakeStep
 
 
 def test_token_budget_chunks_prefill_and_mixes_decodes():
@@ -142,3 +148,122 @@ def test_fcfs_never_preempts_for_a_seat():
     s.add_request(create_request(4, priority=0))
     out = s.schedule()
     assert not out.preempted and [c.request for c in out.chunks] == [batch]
+
+
+# ---- the step budget (slo/step_budget.py) -----------------------------------------------------------
+
+def _true_step_s(num_prefill: int, num_decode: int) -> float:
+    """A made-up CPU: linear terms plus one the fitted model cannot express (attention over long chunks)."""
+    return 0.008 + 0.0012 * num_prefill + 0.0035 * num_decode + 4e-7 * num_prefill ** 2
+
+
+def _fitted_cost_model() -> tuple[StepCostModel, float]:
+    """A cost model fitted on noisy synthetic steps of that CPU, and its worst error on shapes with 16 decodes."""
+    rng = random.Random(0)
+    model = StepCostModel()
+    for i in range(400):
+        prefill, decode = rng.choice([0, 0, 8, 32, 64, 128, 256, 512]), rng.randrange(0, 33)
+        if prefill + decode:
+            model.observe(FakeStep(_true_step_s(prefill, decode) * rng.uniform(0.97, 1.03), prefill + decode, prefill,
+                                   decode + 1, float(i)))
+    cost = model.cost()
+    error_s = max(abs(cost.step_s(p, 16) - _true_step_s(p, 16)) for p in range(0, 497))
+    return model, error_s
+
+
+def test_with_16_decodes_a_long_prompt_is_chunked_to_keep_every_step_within_the_tpot_target():
+    model, error_s = _fitted_cost_model()
+    tpot_s, margin = 0.12, 0.9
+    s = create_scheduler(num_blocks=1024, block_size=16, max_num_seqs=32, max_num_batched_tokens=512,
+                         cost_model=model, step_tpot_margin=margin)
+    streams = [create_request(40, tpot_s=tpot_s) for _ in range(16)]
+    for r in streams:
+        s.add_request(r)
+    out = s.schedule()
+    assert out.num_batched_tokens == 512  # nothing decodes yet: the whole budget
+    while any(r.num_output_tokens == 0 for r in streams):
+        complete_step(s, out)
+        out = s.schedule()
+    complete_step(s, out)
+    long_prompt = create_request(list(range(100, 2100)), tpot_s=tpot_s)  # no prefix shared with the streams
+    s.add_request(long_prompt)
+    target_s = tpot_s * margin
+    expected_chunk = prefill_budget(16, 512, model.cost(), target_s)
+    assert 32 < expected_chunk < 496  # really shrunk, and above the floor
+    num_steps = 0
+    while long_prompt.num_output_tokens == 0:
+        out = s.schedule()
+        decodes = [c for c in out.chunks if c.request is not long_prompt]
+        prefill = sum(c.num_new_tokens for c in out.chunks if c.request is long_prompt)
+        assert len(decodes) == 16 and all(c.num_new_tokens == 1 for c in decodes)  # no stream stalls
+        assert prefill == min(expected_chunk, 2000 - long_prompt.num_computed_tokens)
+        assert _true_step_s(prefill, 16) <= target_s + error_s
+        complete_step(s, out)
+        num_steps += 1
+    # the TTFT prediction counts the same steps
+    assert prefill_time_s(2000, 16, 512, model.cost(), target_s)[1] == num_steps
+
+
+def test_an_idle_engine_uses_the_full_budget():
+    model, _ = _fitted_cost_model()
+    s = create_scheduler(num_blocks=1024, block_size=16, max_num_batched_tokens=512, cost_model=model)
+    r = create_request(2000, tpot_s=0.05)
+    s.add_request(r)
+    assert s.schedule().num_batched_tokens == 512
+
+
+def test_decodes_are_served_before_prompt_chunks_whatever_the_running_order():
+    s = create_scheduler(max_num_batched_tokens=32, policy="priority", step_budget="fixed")
+    batch = create_request(4, priority=1)
+    s.add_request(batch)
+    complete_step(s, s.schedule())  # it decodes now
+    urgent = create_request(100, priority=0)
+    s.add_request(urgent)
+    complete_step(s, s.schedule())  # urgent's first chunk: 31 tokens next to batch's decode
+    out = s.schedule()  # urgent is first in the running order, still prefilling
+    assert [(c.request, c.num_new_tokens) for c in out.chunks] == [(urgent, 31), (batch, 1)]
+
+
+# ---- speculative drafts ----------------------------------------------------------------------------
+
+def _decoding(s, prompt: int = 8, **kwargs):
+    r = create_request(prompt, **kwargs)
+    s.add_request(r)
+    complete_step(s, s.schedule())
+    return r
+
+
+def test_a_draft_is_scheduled_with_the_last_token_and_rolled_back_on_rejection():
+    s = create_scheduler(block_size=4, max_num_batched_tokens=64)
+    r = _decoding(s)  # 9 tokens, 8 computed
+    r.draft_token_ids = [11, 12, 13, 14]
+    out = s.schedule()
+    (chunk,) = out.chunks
+    assert chunk.num_new_tokens == 5 and chunk.draft_token_ids == (11, 12, 13, 14) and chunk.samples
+    assert chunk.token_ids == [7, 11, 12, 13, 14]
+    assert len(r.block_ids) == 4  # room for 13 positions
+    # the engine accepted 11 and 12, then sampled 40: positions 8-10 hold valid K/V, 11-12 are overwritten later
+    for token in (11, 12, 40):
+        r.append_token(token)
+    r.num_computed_tokens = min(r.num_computed_tokens + chunk.num_new_tokens, r.num_tokens - 1)
+    s.kv_cache.cache_full_blocks(r)
+    assert r.num_computed_tokens == 11 and r.num_hashed_blocks == 2  # only blocks of accepted tokens
+    r.draft_token_ids = []
+    out = s.schedule()
+    assert out.chunks[0].num_new_tokens == 1 and out.chunks[0].token_ids == [40]
+    assert len(r.block_ids) == 4  # the block of rejected positions is reused
+
+
+def test_drafts_fit_the_budget_and_never_cost_a_preemption():
+    s = create_scheduler(num_blocks=6, block_size=4, max_num_batched_tokens=64)
+    a, b = _decoding(s, 8), _decoding(s, list(range(20, 27)))  # 3 + 2 blocks of 6
+    a.draft_token_ids = [1, 2, 3, 4, 5, 6, 7, 8]  # needs 2 more blocks: only 1 is free
+    b.draft_token_ids = [1]
+    out = s.schedule()
+    assert not out.preempted
+    assert [(c.request, c.num_new_tokens, c.draft_token_ids) for c in out.chunks] == [(a, 1, ()), (b, 2, (1,))]
+    tight = create_scheduler(max_num_batched_tokens=4)
+    c = _decoding(tight, 4)
+    c.draft_token_ids = [1, 2, 3, 4, 5]
+    (chunk,) = tight.schedule().chunks
+    assert chunk.num_new_tokens == 4 and chunk.draft_token_ids == (1, 2, 3)

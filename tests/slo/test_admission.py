@@ -210,3 +210,43 @@ def test_steps_slower_than_the_tpot_target_shed_new_requests():
     assert ctl.decide(PROMPT, INTERACTIVE, num_running=40, num_waiting=0).admitted  # no TPOT target: admitted
     clock.advance(10)  # the window has passed with no steps: nothing to hold against new requests
     assert ctl.decide(PROMPT, chat, num_running=0, num_waiting=0).admitted
+
+
+def test_after_a_burst_is_dropped_the_engine_admits_again_at_once():
+    clock = FakeClock()
+    ctl = controller(clock)
+    chat = make_class("chat", ttft_s=5.0, tpot_s=0.1, admission_slack=1.0)
+    # a burst: 40 streams decoding, 120 ms steps (the fit learns ~3 ms per decode)
+    burst_steps = [FakeStep(0.01 + 0.0027 * 40, 40, 0, 40, clock.now_s - 2.0 + 0.12 * i) for i in range(16)]
+    ctl.observe_steps(burst_steps)
+    assert not ctl.decide(PROMPT, chat, num_running=40, num_waiting=0).admitted
+    # the streams were dropped a moment ago: the last 3 s still average 120 ms per step, but the next
+    # steps decode 2 sequences, which the cost model puts far below the 90 ms guard
+    assert ctl.recent_step_s() == pytest.approx(0.118)
+    decision = ctl.decide(PROMPT, chat, num_running=2, num_waiting=0)
+    assert decision.admitted and decision.shed_reason is None
+    assert ctl.decide(PROMPT, chat, num_running=0, num_waiting=0).admitted
+
+
+def test_ttft_prediction_follows_the_engine_step_budget():
+    ctl = controller()
+    chat = make_class("chat", ttft_s=50.0, tpot_s=0.1, admission_slack=1.0)
+    assert ctl.step_target_s() is None
+    ctl.on_admitted("streaming", 10, chat)
+    ctl.on_first_token("streaming")
+    assert ctl.step_target_s() == pytest.approx(0.09)  # tightest TPOT in flight × margin
+    # 20 decodes cost 10 + 40 ms: the 40 ms left hold 4 prompt tokens (10 ms each), below the floor of 32
+    pred = ctl.predict(PROMPT, chat, num_running=20)
+    assert pred.num_steps == math.ceil(PROMPT / 32)
+    fixed = controller(slo_step_budget=False)
+    fixed.on_admitted("streaming", 10, chat)
+    assert fixed.predict(PROMPT, chat, num_running=20).num_steps == 1
+    ctl.on_finished("streaming")
+    assert ctl.step_target_s() is None and ctl.predict(PROMPT, chat, num_running=20).num_steps == 1
+
+
+def test_a_target_out_of_reach_even_for_one_sequence_sheds_nobody_on_tpot():
+    slow = AdmissionController(AdmissionConfig(max_num_batched_tokens=BUDGET, cost_model=CostModelConfig(
+        prior_step_overhead_s=0.3, prior_decode_s_per_token=0.01)), clock=FakeClock())
+    chat = make_class("chat", ttft_s=50.0, tpot_s=0.1)
+    assert slow.decide(PROMPT, chat, num_running=5, num_waiting=0).admitted  # waiting would not help it

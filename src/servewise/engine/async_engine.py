@@ -33,6 +33,7 @@ class _Add:
     arrival_s: float
     priority: int
     deadline_s: float | None
+    tpot_s: float | None
     grammar: CompiledGrammar | None
 
 
@@ -82,9 +83,10 @@ class AsyncEngine:
         return await self.engine.grammars.compile_async(spec)
 
     async def generate(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
-                       priority: int = 0, deadline_s: float | None = None,
+                       priority: int = 0, deadline_s: float | None = None, tpot_s: float | None = None,
                        arrival_s: float | None = None) -> AsyncGenerator[RequestOutput, None]:
-        """Stream the request's outputs; leaving the iterator early aborts the request.
+        """Stream the request's outputs; leaving the iterator early aborts the request. tpot_s: the
+        time-per-output-token target of its SLO class, which the engine sizes its steps by.
 
         Validation errors (InvalidRequestError, ContextLengthError) raise before the first output.
         """
@@ -100,7 +102,8 @@ class AsyncEngine:
             self.work_since_s = time.monotonic()
         self.num_in_flight += 1
         self._send(_Add(request_id, list(prompt_token_ids), params,
-                        arrival_s if arrival_s is not None else time.monotonic(), priority, deadline_s, grammar))
+                        arrival_s if arrival_s is not None else time.monotonic(), priority, deadline_s, tpot_s,
+                        grammar))
         finished = False
         try:
             while not finished:
@@ -160,7 +163,7 @@ class AsyncEngine:
             try:
                 self.engine.add_request(msg.request_id, msg.prompt_token_ids, msg.params,
                                         arrival_s=msg.arrival_s, priority=msg.priority,
-                                        deadline_s=msg.deadline_s, grammar=msg.grammar)
+                                        deadline_s=msg.deadline_s, tpot_s=msg.tpot_s, grammar=msg.grammar)
             except Exception as exc:  # validated already; anything here fails just this request
                 self._deliver_error(exc, msg.request_id)
 

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from servewise.config import CacheConfig, DeviceConfig, EngineConfig, SchedulerConfig
+from servewise.config import CacheConfig, DeviceConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from servewise.engine.llm_engine import LLMEngine
 from servewise.engine.results import GenerationResult, ResultBuilder
 from servewise.types import SamplingParams
@@ -74,10 +74,12 @@ def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
 
 
 def _apply_overrides(config: EngineConfig, overrides: dict[str, Any]) -> EngineConfig:
-    parts: dict[str, Any] = {"cache": config.cache, "scheduler": config.scheduler, "device": config.device}
+    parts: dict[str, Any] = {"cache": config.cache, "scheduler": config.scheduler, "device": config.device,
+                             "speculative": config.speculative}
     top: dict[str, Any] = {}
     for key, value in overrides.items():
-        for part_name, cls in (("cache", CacheConfig), ("scheduler", SchedulerConfig), ("device", DeviceConfig)):
+        for part_name, cls in (("cache", CacheConfig), ("scheduler", SchedulerConfig), ("device", DeviceConfig),
+                               ("speculative", SpeculativeConfig)):
             if key in {f.name for f in dataclasses.fields(cls)}:
                 parts[part_name] = dataclasses.replace(parts[part_name], **{key: value})
                 break

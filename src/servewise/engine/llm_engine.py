@@ -21,8 +21,9 @@ from servewise.engine.kv_cache_manager import KVCacheManager
 from servewise.engine.model_runner import ModelRunner, RunnerOutput, num_blocks_for_budget
 from servewise.engine.output_processor import RequestGroup, build_output, check_stop
 from servewise.engine.request import Request
-from servewise.engine.sampler import Sampler, SamplerOutput
+from servewise.engine.sampler import Sampler
 from servewise.engine.scheduler import ScheduledChunk, ScheduleOutput, Scheduler
+from servewise.engine.speculative import Emitted, create_speculator, sample_with_drafts
 from servewise.engine.stats import EngineStats, StepRecord
 from servewise.engine.structured import CompiledGrammar, GrammarCompiler, GrammarState
 from servewise.errors import ContextLengthError, InvalidRequestError
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Sampled = dict[int, tuple[int, TokenLogprob | None]]  # id(request) -> (token id, logprob)
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,9 @@ class LLMEngine:
             self.runner = SlowRunner(self.runner, config.fault.step_delay_s)  # type: ignore[assignment]
         self._failures = FailureDraw(config.fault)
         self.kv_cache = KVCacheManager(num_blocks, block_size, config.cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.kv_cache)
+        self.scheduler = Scheduler(config.scheduler, self.kv_cache)  # its cost model learns from _account
         self.sampler = Sampler()
+        self.speculator = create_speculator(config.speculative, self.scheduler.cost_model)
         self.vocab_size = arch.vocab_size
         self.eos_token_ids = frozenset(ckpt.tokenizer.eos_token_ids) | frozenset(arch.eos_token_ids)
         self.grammars = GrammarCompiler(ckpt.tokenizer, arch.vocab_size, self.eos_token_ids, config.structured)
@@ -165,9 +166,10 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
                     arrival_s: float | None = None, priority: int = 0, deadline_s: float | None = None,
-                    grammar: CompiledGrammar | None = None) -> None:
+                    tpot_s: float | None = None, grammar: CompiledGrammar | None = None) -> None:
         """grammar: ``params.grammar`` compiled already (AsyncEngine compiles off this thread); when
-        missing, it is compiled here, blocking (offline use)."""
+        missing, it is compiled here, blocking (offline use). tpot_s: its SLO class's time-per-output-token
+        target, which sizes the prefill share of steps while it decodes (slo/step_budget.py)."""
         if request_id in self._groups:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", param="request_id")
         self.validate_prompt(prompt_token_ids, params)
@@ -182,7 +184,7 @@ class LLMEngine:
                 request_id=request_id if params.n == 1 else f"{request_id}#{index}", group_id=request_id,
                 index=index, prompt_token_ids=list(prompt_token_ids), params=params, timings=timings,
                 eos_token_ids=self.eos_token_ids, max_total_tokens=self.max_model_len, generator=generator,
-                priority=priority, deadline_s=deadline_s,
+                priority=priority, deadline_s=deadline_s, tpot_s=tpot_s,
                 grammar=GrammarState(grammar, self.eos_token_ids) if params.grammar and grammar else None))
         group = RequestGroup(request_id, children, [StopAwareDetokenizer(self.tokenizer, params)
                                                     for _ in children], pending_times=[[] for _ in children])
@@ -218,6 +220,7 @@ class LLMEngine:
     # ---- the step -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and return what changed for each request."""
+        self.speculator.propose(self.scheduler.running)
         sched = self.scheduler.schedule()
         touched: set[str] = set(self._pending_final)
         self._pending_final = set()
@@ -230,7 +233,7 @@ class LLMEngine:
             touched.update(c.request.group_id for c in sched.chunks)
         return self._collect(touched)
 
-    def _run_isolated(self, sched: ScheduleOutput) -> Sampled:
+    def _run_isolated(self, sched: ScheduleOutput) -> Emitted:
         """Run the batch; if it fails, run each request alone and fail only those that fail again."""
         try:
             return self._run(sched.chunks)
@@ -240,7 +243,7 @@ class LLMEngine:
                 self._fail_chunk(sched.chunks[0])
                 return {}
             logger.warning("engine step failed for a batch of %d; isolating", len(sched.chunks), exc_info=True)
-        sampled: Sampled = {}
+        sampled: Emitted = {}
         for chunk in sched.chunks:
             try:
                 sampled.update(self._run([chunk]))
@@ -253,13 +256,11 @@ class LLMEngine:
         self._fail_group(chunk.request.group_id, FinishReason.ERROR,
                          "the engine failed while computing this request")
 
-    def _run(self, chunks: list[ScheduledChunk]) -> Sampled:
+    def _run(self, chunks: list[ScheduledChunk]) -> Emitted:
         out: RunnerOutput = self.runner.execute(ScheduleOutput(chunks=chunks))
         if not out.sample_requests:
             return {}
-        result: SamplerOutput = self.sampler.sample(out.logits, out.sample_requests)
-        return {id(r): (t, lp) for r, t, lp in zip(out.sample_requests, result.token_ids, result.logprobs,
-                                                    strict=True)}
+        return sample_with_drafts(self.sampler, out)
 
     def _account(self, sched: ScheduleOutput, elapsed_s: float) -> None:
         """Attribute the step's time to its requests by their share of the step's tokens."""
@@ -272,26 +273,40 @@ class LLMEngine:
                 num_prefill += chunk.num_new_tokens
             else:
                 chunk.request.timings.decode_compute_s += share
-        self.stats.record_step(StepRecord(duration_s=elapsed_s, num_tokens=total, num_prefill_tokens=num_prefill,
-                                          num_requests=len(sched.chunks)))
+        record = StepRecord(duration_s=elapsed_s, num_tokens=total, num_prefill_tokens=num_prefill,
+                            num_requests=len(sched.chunks))
+        self.stats.record_step(record)
+        self.scheduler.cost_model.observe(record)  # the step budget is sized by the engine's own steps
+        self.speculator.observe_step(record)  # and drafts by what decode steps of each size take
 
-    def _update(self, sched: ScheduleOutput, sampled: Sampled, step_start_s: float, now: float) -> None:
+    def _update(self, sched: ScheduleOutput, emitted: Emitted, step_start_s: float, now: float) -> None:
         for chunk in sched.chunks:
             r = chunk.request
             if r.is_finished:  # failed in isolation, or aborted
                 continue
-            self.scheduler.complete_chunk(chunk, step_start_s)
-            if id(r) not in sampled:
+            tokens = emitted.get(id(r), [])
+            reason = self._append_tokens(r, tokens, now)
+            if r.is_finished:  # the output left its grammar
                 continue
-            token_id, logprob = sampled[id(r)]
+            self.scheduler.complete_chunk(chunk, step_start_s, sampled=bool(tokens))
+            if chunk.draft_token_ids:
+                self.stats.record_draft(len(chunk.draft_token_ids), len(tokens) - 1)
+                self.speculator.observe(r, len(chunk.draft_token_ids), len(tokens) - 1)
+            if reason is not None:
+                self.scheduler.finish(r, reason)
+
+    def _append_tokens(self, r: Request, tokens: list[tuple[int, TokenLogprob | None]], now: float
+                       ) -> FinishReason | None:
+        """Append the step's tokens in order, up to the first that ends the sequence (its reason)."""
+        group = self._groups[r.group_id]
+        for token_id, logprob in tokens:
             if r.grammar is not None and not r.grammar.accept(token_id):
                 logger.error("request %s: sampled token %d is outside its grammar", r.request_id, token_id)
                 self._fail_group(r.group_id, FinishReason.ERROR, "the output left its grammar")
-                continue
+                return None
             r.append_token(token_id)
             if logprob is not None:
                 r.new_logprobs.append(logprob)
-            group = self._groups[r.group_id]
             group.pending_times[r.index].append(now)
             if r.timings.first_token_s is None:
                 r.timings.first_token_s = now
@@ -299,7 +314,8 @@ class LLMEngine:
             self.stats.num_generation_tokens += 1
             reason = check_stop(r, group.detokenizers[r.index], token_id)
             if reason is not None:
-                self.scheduler.finish(r, reason)
+                return reason
+        return None
 
     def _collect(self, group_ids: set[str]) -> list[RequestOutput]:
         outputs = []

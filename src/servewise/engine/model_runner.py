@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -56,12 +56,29 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 class RunnerOutput:
     """Model runner -> engine: the logits of every request that samples this step."""
 
-    logits: torch.Tensor  # [len(sample_requests), vocab] fp32
-    sample_requests: list[Request]  # row order of logits
+    # [sum(1 + len(d) for d in drafts), vocab] fp32: per request in sample_requests order, one row for
+    # its last token, then one per draft token it verifies (the position after each)
+    logits: torch.Tensor
+    sample_requests: list[Request]
+    drafts: list[tuple[int, ...]] = field(default_factory=list)  # per request; () = one row (empty: all ())
 
 
-def _output(logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
-    return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), requests)  # fp32 for sampling
+def _output(logits: torch.Tensor, requests: list[Request], drafts: list[tuple[int, ...]] | None = None
+            ) -> RunnerOutput:
+    return RunnerOutput(logits.to(device="cpu", dtype=torch.float32), requests,  # fp32 for sampling
+                        drafts or [() for _ in requests])
+
+
+def sample_rows(order: list[ScheduledChunk]) -> list[int]:
+    """Rows of the flat batch whose logits the sampler needs: each sampling chunk's last token and, when
+    it verifies a draft, the positions of the draft tokens before it."""
+    rows: list[int] = []
+    start = 0
+    for chunk in order:
+        start += chunk.num_new_tokens
+        if chunk.samples:
+            rows.extend(range(start - 1 - len(chunk.draft_token_ids), start))
+    return rows
 
 
 class ModelRunner:
@@ -93,21 +110,14 @@ class ModelRunner:
             if out is not None:
                 return out
         input_ids, positions, meta, order = self._prepare(chunks)
-        sample_rows: list[int] = []
-        sample_requests: list[Request] = []
-        start = 0
-        for chunk in order:
-            start += chunk.num_new_tokens
-            if chunk.samples:
-                sample_rows.append(start - 1)
-                sample_requests.append(chunk.request)
+        sampling = [c for c in order if c.samples]
         with torch.inference_mode():
             hidden = self.model(input_ids, positions, meta, self.kv_caches)
-            if not sample_rows:
+            if not sampling:
                 return RunnerOutput(torch.empty(0, self.model.config.vocab_size), [])
-            rows = torch.tensor(sample_rows, device=self.device)
+            rows = torch.tensor(sample_rows(order), device=self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))
-        return _output(logits, sample_requests)
+        return _output(logits, [c.request for c in sampling], [c.draft_token_ids for c in sampling])
 
     def _execute_graph(self, chunks: list[ScheduledChunk]) -> RunnerOutput | None:
         assert self.graphs is not None
@@ -137,7 +147,7 @@ class ModelRunner:
         tables: list[list[int]] = []
         for row, chunk in enumerate(paged):
             r, s, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_new_tokens
-            ids.extend(r.token_ids[s:s + n])
+            ids.extend(chunk.token_ids)
             pos.extend(range(s, s + n))
             slot_blocks.extend(r.block_ids[p // bs] for p in range(s, s + n))
             token_rows.extend([row] * n)
@@ -149,7 +159,7 @@ class ModelRunner:
             segments.append(DenseSegment(start=len(ids), num_tokens=n, num_context_tokens=s,
                                          block_ids=torch.tensor(r.block_ids[:-(-(s + n) // bs)],
                                                                 dtype=torch.long, device=self.device)))
-            ids.extend(r.token_ids[s:s + n])
+            ids.extend(chunk.token_ids)
             pos.extend(range(s, s + n))
             slot_blocks.extend(r.block_ids[p // bs] for p in range(s, s + n))
         width = max((len(t) for t in tables), default=0)

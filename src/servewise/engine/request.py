@@ -35,12 +35,16 @@ class Request:
     generator: torch.Generator  # per-sequence RNG: same seed -> same samples whatever the batch
     priority: int = 0  # lower runs first under priority policies; FCFS ignores it
     deadline_s: float | None = None  # monotonic time its first token is due (SLO), if any
+    tpot_s: float | None = None  # its SLO class's time-per-output-token target, if any (sizes the step budget)
     # The sequence's own grammar matcher when params.grammar is set; it has accepted exactly the output tokens.
     grammar: GrammarState | None = None
     # token ids of prompt + output so far; the first num_prompt_tokens are the prompt
     token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first admission
+    # Speculative tokens proposed to follow token_ids, verified in the next step (engine/speculative.py);
+    # never part of token_ids, so a rejected one needs no rollback beyond num_computed_tokens.
+    draft_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None

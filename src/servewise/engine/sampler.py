@@ -1,20 +1,32 @@
-"""Batched token sampling with per-request parameters.
+"""Batched token sampling with per-request parameters, and verification of speculative drafts.
 
 Every operation is row-wise, and each random draw comes from the request's own
 generator (one uniform number per token, inverse-CDF sampling), so a seeded
 request samples the same tokens whatever else is in the batch.
+
+Verifying a draft ``d_0..d_{k-1}`` (``Sampler.verify``) walks its positions in order: position
+``j`` samples the target token ``t_j`` exactly as a plain step would (same processing, the
+request's next uniform ``u_j``), accepts ``d_j`` iff ``t_j = d_j``, and stops at the first
+mismatch, emitting ``t_j`` in its place (or the bonus ``t_k`` after a fully accepted draft).
+For a deterministic draft (the proposal ``q`` is a point mass on ``d_j``) this *is* rejection
+sampling: ``P(accept) = p(d_j) = min(1, p/q)``, and given a rejection, ``t_j`` is distributed
+as ``p`` without ``d_j``, renormalised, i.e. the residual ``norm(max(0, p - q))``. Sharing one
+uniform between the accept test and the residual draw means a sequence consumes one uniform
+per emitted token, as without speculation: a seeded request gives the same tokens with
+speculation on or off, whatever the batch (up to the numerics of the longer step). Greedy
+rows are the ``u``-free case: ``t_j = argmax``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from servewise.engine.request import Request
 from servewise.engine.structured import GrammarMasker
-from servewise.types import TokenLogprob
+from servewise.types import SamplingParams, TokenLogprob
 
 
 @dataclass
@@ -107,24 +119,27 @@ class Sampler:
     @staticmethod
     def _sample_random(processed: torch.Tensor, requests: Sequence[Request], row_ids: list[int],
                        tokens: torch.Tensor) -> None:
-        params = [requests[i].params for i in row_ids]
         rows = torch.tensor(row_ids, dtype=torch.long)
-        temps = torch.tensor([p.temperature for p in params]).unsqueeze(1)
-        probs = torch.softmax(processed.index_select(0, rows) / temps, dim=-1)
         uniforms = torch.cat([torch.rand(1, generator=requests[i].generator) for i in row_ids])
-        filtered = [p.top_k is not None or p.top_p < 1.0 or p.min_p > 0.0 for p in params]
-        if any(filtered):
-            vocab = probs.shape[-1]
-            sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
-            kept = filter_sorted_probs(
-                sorted_probs,
-                torch.tensor([p.top_k or vocab for p in params]),
-                torch.tensor([p.top_p for p in params]),
-                torch.tensor([p.min_p for p in params]))
-            picked = sorted_idx.gather(1, _inverse_cdf(kept, uniforms).unsqueeze(1)).squeeze(1)
+        target = TargetDistribution(processed.index_select(0, rows), [requests[i].params for i in row_ids])
+        tokens[rows] = target.pick(uniforms)
+
+    def verify(self, logits: torch.Tensor, request: Request, draft: Sequence[int]
+               ) -> list[tuple[int, TokenLogprob | None]]:
+        """The tokens a verify step emits for ``request`` (module docstring): the longest accepted prefix
+        of ``draft``, then one sampled token. logits: [len(draft) + 1, V], row j = the position after
+        draft[:j]. Only for rows whose processing does not depend on the draft (no grammar, penalties
+        or pending min_tokens: ``speculative.can_speculate``)."""
+        rows = [request] * logits.shape[0]
+        processed = apply_logits_processors(logits, rows)
+        if request.params.greedy:
+            targets = processed.argmax(dim=-1).tolist()
+            tokens = accept_longest_prefix(draft, targets.__getitem__)
         else:
-            picked = _inverse_cdf(probs, uniforms)
-        tokens[rows] = picked
+            target = TargetDistribution(processed, [request.params] * len(rows))
+            tokens = accept_longest_prefix(
+                draft, lambda j: target.pick_row(j, torch.rand(1, generator=request.generator)))
+        return list(zip(tokens, self._logprobs(logits[:len(tokens)], rows[:len(tokens)], tokens), strict=True))
 
     @staticmethod
     def _logprobs(logits: torch.Tensor, requests: Sequence[Request], tokens: list[int]
@@ -142,3 +157,46 @@ class Sampler:
                 top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
             out[i] = TokenLogprob(tokens[i], float(logprobs[row, tokens[i]]), top)
         return out
+
+
+class TargetDistribution:
+    """Rows of sampling distributions (temperature, then top-k / top-p / min-p) and inverse-CDF picks."""
+
+    def __init__(self, logits: torch.Tensor, params: Sequence[SamplingParams]) -> None:
+        # logits: [R, V] processed; params[i] belongs to row i
+        temps = torch.tensor([p.temperature for p in params]).unsqueeze(1)
+        probs = torch.softmax(logits / temps, dim=-1)
+        self._sorted_idx: torch.Tensor | None = None  # [R, V] when filtered: probs are then in sorted order
+        if any(p.top_k is not None or p.top_p < 1.0 or p.min_p > 0.0 for p in params):
+            vocab = probs.shape[-1]
+            sorted_probs, self._sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
+            probs = filter_sorted_probs(
+                sorted_probs,
+                torch.tensor([p.top_k or vocab for p in params]),
+                torch.tensor([p.top_p for p in params]),
+                torch.tensor([p.min_p for p in params]))
+        self._probs = probs
+
+    def pick(self, uniforms: torch.Tensor) -> torch.Tensor:
+        """uniforms: [R] in [0, 1) -> [R] token ids."""
+        picked = _inverse_cdf(self._probs, uniforms)
+        if self._sorted_idx is None:
+            return picked
+        return self._sorted_idx.gather(1, picked.unsqueeze(1)).squeeze(1)
+
+    def pick_row(self, row: int, uniform: torch.Tensor) -> int:
+        """The token row ``row`` gives for ``uniform`` ([1]), as ``pick`` would."""
+        picked = int(_inverse_cdf(self._probs[row:row + 1], uniform)[0])
+        return picked if self._sorted_idx is None else int(self._sorted_idx[row, picked])
+
+
+def accept_longest_prefix(draft: Sequence[int], target_at: Callable[[int], int]) -> list[int]:
+    """``draft[:m] + [target_at(m)]`` for the first m with ``target_at(m) != draft[m]`` (m = len(draft) if
+    none). ``target_at(j)`` is called for j = 0..m only, in order, so each consumes its uniform lazily."""
+    tokens = []
+    for j in range(len(draft) + 1):
+        token = target_at(j)
+        tokens.append(token)
+        if j == len(draft) or token != draft[j]:
+            break
+    return tokens

@@ -38,6 +38,9 @@ class EngineStats:
     num_steps: int = 0
     busy_s: float = 0.0  # total time spent in steps
     last_step_end_s: float | None = None  # monotonic
+    num_drafts: int = 0  # speculative verifications (a sequence's draft checked in one step)
+    num_draft_tokens: int = 0  # draft tokens proposed and verified, cumulative
+    num_accepted_tokens: int = 0  # of which accepted
     finished_by_reason: Counter[str] = field(default_factory=Counter)
     recent_steps: deque[StepRecord] = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
 
@@ -46,6 +49,16 @@ class EngineStats:
         self.busy_s += step.duration_s
         self.last_step_end_s = step.end_s
         self.recent_steps.append(step)
+
+    def record_draft(self, num_draft_tokens: int, num_accepted_tokens: int) -> None:
+        self.num_drafts += 1
+        self.num_draft_tokens += num_draft_tokens
+        self.num_accepted_tokens += num_accepted_tokens
+
+    @property
+    def draft_acceptance_rate(self) -> float | None:
+        """Accepted / proposed draft tokens since start; None before the first draft."""
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else None
 
     def record_finish(self, children: Iterable[Request]) -> None:
         for r in children:

@@ -194,7 +194,7 @@ class ReplicaServer:
             queued_prefill_tokens=self.admission.tokens_by_priority(), pending=self._pending_tokens(),
             num_running=stats.num_running, num_waiting=stats.num_waiting, kv_cache_usage=stats.kv_cache_usage,
             num_kv_blocks=self.model_info.num_kv_blocks, block_size=self.model_info.block_size,
-            recent_step_s=self.admission.recent_step_s(),
+            recent_step_s=self.admission.recent_step_s(), step_target_s=self.admission.step_target_s(),
             accepting=self.accepting and self.backend.not_ready_reason(float("inf")) is None,
             published_s=time.time()).to_dict()
 
@@ -220,9 +220,12 @@ class ReplicaServer:
             queued_s = self.admission.num_queued_prefill_tokens * self.admission.cost_model.cost().prefill_s_per_token
             out["queue"] = queued_s / tightest.ttft_s
         tpot_targets = [c.tpot_s for c in classes if c.tpot_s is not None]
-        recent = self.admission.recent_step_s()
-        if tpot_targets and recent is not None:
-            out["tpot"] = recent / (min(tpot_targets) * self.admission.config.tpot_margin)
+        num_running = self.engine.stats.num_running
+        if tpot_targets and num_running:
+            # the decode steps it runs now, as the TPOT guard predicts them (prefill-heavy steps are sized
+            # to the target by the step budget, so their length says nothing about decode capacity)
+            decode_step_s = self.admission.cost_model.cost().step_s(0, num_running)
+            out["tpot"] = decode_step_s / (min(tpot_targets) * self.admission.config.tpot_margin)
         windows = [self.tracker.window_stats(c.name, self.settings.burn_window) for c in classes]
         worst = max(windows, key=lambda w: w.burn_rate)
         c = worst.counts

@@ -11,7 +11,8 @@ Score of replica r for a request of P prompt tokens, with the admission formula
   of requests this router sent to r that r had not yet seen when it published, - the tokens
   r listed as queued for requests this router has since seen start or finish;
 - ``running_r``: r's running requests + the unseen ones;
-- ``ttft_r = predict_ttft(cost_r, budget_r, ahead_r, P - cached_r, running_r)``.
+- ``ttft_r = predict_ttft(cost_r, budget_r, ahead_r, P - cached_r, running_r)``, with r's step
+  budget rule (its published step target: prefill per step shrinks under decode load).
 
 The lowest score wins; scores within ``tie_tolerance_s`` of it are a tie, broken at random
 (so equal replicas share load instead of one taking a burst). A prefix-affine replica wins
@@ -106,7 +107,8 @@ def score(stats: ReplicaStats, route: RouteInfo, correction: Correction, num_cac
     cached = usable_blocks * stats.block_size
     queued = max(stats.queued_tokens_ahead(route.priority) - correction.num_done_tokens, 0)
     prediction = predict_ttft(stats.cost, stats.max_num_batched_tokens, queued + correction.num_unseen_tokens,
-                              route.num_prompt_tokens - cached, stats.num_running + correction.num_unseen_requests)
+                              route.num_prompt_tokens - cached, stats.num_running + correction.num_unseen_requests,
+                              step_target_s=stats.step_target_s)
     return ReplicaScore(stats.replica_id, prediction, cached)
 
 

@@ -38,6 +38,8 @@ class ReplicaStats:
     num_kv_blocks: int  # its KV pool size, which bounds what its prefix cache can hold
     block_size: int  # tokens per KV block (prefix hashes cover full blocks)
     recent_step_s: float | None  # mean step over the admission's TPOT window; None when idle
+    # What its steps aim at (tightest TPOT in flight × margin) when it sizes prefill by the SLO; None = B - D.
+    step_target_s: float | None = None
     accepting: bool = True  # False while it drains or its engine is down
     published_s: float = 0.0  # its wall clock when published (for staleness reports only)
     slo: Mapping[str, Any] = field(default_factory=dict)  # its /v1/slo body (small), for the fleet report
@@ -58,7 +60,8 @@ class ReplicaStats:
             "pending": {k: list(v) for k, v in self.pending.items()}, "num_running": self.num_running,
             "num_waiting": self.num_waiting, "kv_cache_usage": self.kv_cache_usage,
             "num_kv_blocks": self.num_kv_blocks, "block_size": self.block_size,
-            "recent_step_s": self.recent_step_s, "accepting": self.accepting, "published_s": self.published_s,
+            "recent_step_s": self.recent_step_s, "step_target_s": self.step_target_s, "accepting": self.accepting,
+            "published_s": self.published_s,
             "slo": dict(self.slo),
         }
 
@@ -76,7 +79,8 @@ class ReplicaStats:
                    num_running=int(data["num_running"]),
                    num_waiting=int(data["num_waiting"]), kv_cache_usage=float(data["kv_cache_usage"]),
                    num_kv_blocks=int(data["num_kv_blocks"]), block_size=int(data["block_size"]),
-                   recent_step_s=data["recent_step_s"], accepting=bool(data["accepting"]),
+                   recent_step_s=data["recent_step_s"], step_target_s=data.get("step_target_s"),
+                   accepting=bool(data["accepting"]),
                    published_s=float(data["published_s"]), slo=data.get("slo") or {})
 
 

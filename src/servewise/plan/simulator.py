@@ -367,10 +367,11 @@ class FleetSimulator:
                     request.num_tokens >= request.max_total_tokens):
                 scheduler.finish(request, FinishReason.LENGTH)
                 self._complete(flight, replica, request.num_output_tokens)
-        replica.unseen_steps.append(StepRecord(
-            duration_s=replica.step_forward_s, num_tokens=sched.num_batched_tokens,
-            num_prefill_tokens=replica.step_prefill_tokens, num_requests=len(sched.chunks),
-            end_s=start_s + replica.step_forward_s))
+        record = StepRecord(duration_s=replica.step_forward_s, num_tokens=sched.num_batched_tokens,
+                            num_prefill_tokens=replica.step_prefill_tokens, num_requests=len(sched.chunks),
+                            end_s=start_s + replica.step_forward_s)
+        replica.unseen_steps.append(record)
+        scheduler.cost_model.observe(record)  # the SLO step budget learns from its steps, as the engine's does
         replica.published_running, replica.published_waiting = scheduler.num_running, scheduler.num_waiting
         replica.step = None
         if replica.has_work:

@@ -119,7 +119,7 @@ def engine_counters(base_url: str) -> EngineTotals | None:
             text = response.read().decode()
     except (urllib.error.URLError, OSError):
         return None
-    values = {}
+    values: dict[str, float] = {}
     for line in text.splitlines():  # e.g. servewise:engine_steps_total{model_name="m"} 123.0
         name, _, value = line.rpartition(" ")
         name = name.split("{", 1)[0]

@@ -160,7 +160,7 @@ class LocalBackend:
         ttft_s = ctx.slo_class.ttft_s
         return self.engine.generate(request_id, prompt, params, priority=ctx.slo_class.priority,
                                     deadline_s=ctx.arrival_s + ttft_s if ttft_s is not None else None,
-                                    arrival_s=ctx.arrival_s)
+                                    tpot_s=ctx.slo_class.tpot_s, arrival_s=ctx.arrival_s)
 
     def abort_all(self, reason: FinishReason) -> None:
         self.engine.abort_all(reason)

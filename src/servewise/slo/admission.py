@@ -6,9 +6,11 @@ Prediction of a new request's TTFT, before it is queued:
   (under ``QueueOrder.PRIORITY`` only those of classes at least as urgent), tracked
   here through ``on_admitted`` / ``on_first_token`` / ``on_finished``;
 - the engine computes the running decodes first, one token each, and fills the
-  rest of its chunk budget ``B = max_num_batched_tokens`` with prefill, so with
-  ``D`` running decodes a step prefills ``B - D`` tokens and the ``ahead + prompt``
-  tokens take ``n = ceil((ahead + prompt) / (B - D))`` steps;
+  rest of the step with up to ``P(D)`` prompt tokens, the step budget of
+  ``slo/step_budget.py``: ``B - D`` (``B = max_num_batched_tokens``) when no request
+  in flight has a TPOT target, else what keeps the step within their tightest TPOT
+  × margin. The ``ahead + prompt`` tokens take ``n = ceil((ahead + prompt) / P(D))``
+  steps;
 - each step costs ``a + b·prefill + c·D`` (``StepCostModel``), so
   ``ttft ≈ n·(a + c·D) + b·(ahead + prompt)``.
 
@@ -19,8 +21,14 @@ the request waits, the rest of the step in progress, and a full running batch
 (``max_num_seqs``) holding it back.
 Prediction error is measured (``observe_ttft``) so these show up on the dashboard.
 
-Decision (first that applies): request cap, token cap, max queue wait, TTFT target
-× slack. A request is only shed when there is a backlog ahead of it that waiting
+TPOT guard: one more sequence makes every decode step ``a + c·(D + 1)``; when that
+exceeds the class's ``tpot_s × margin`` the request is shed (never on an idle engine, nor
+when even one sequence's steps miss the target).
+It predicts the next steps from the fitted cost, so it forgets a burst as soon as the
+burst's streams are gone (an average of recent steps held it against new requests).
+
+Decision (first that applies): request cap, TPOT guard, token cap, max queue wait, TTFT
+target × slack. A request is only shed when there is a backlog ahead of it that waiting
 would clear: one that would miss its target even on an idle engine is admitted.
 Retry-After = predicted time for the backlog ahead to clear, at least 1 s.
 """
@@ -41,6 +49,7 @@ from servewise.slo.cost_model import CostModelConfig, StepCost, StepCostModel, S
 from servewise.slo.prediction_error import PredictionErrorStats
 from servewise.slo.samples import PREFIX, MetricSample
 from servewise.slo.spec import SLOClass
+from servewise.slo.step_budget import DEFAULT_MIN_PREFILL_TOKENS, prefill_budget, step_target_for
 
 
 class AdmissionMode(str, enum.Enum):
@@ -73,10 +82,14 @@ class AdmissionConfig:
     max_queued_prefill_tokens: int | None = None  # cap on prompt tokens waiting for prefill; None = none
     max_num_waiting_requests: int | None = None  # cap on the engine's waiting queue; None = none
     min_retry_after_s: float = 1.0  # floor of Retry-After
-    # Time per output token as running requests experience it = the mean engine step over this
-    # window (prefill-heavy steps included); a class's tpot_s is guarded with this margin below it.
+    # recent_step_s (what running requests experienced, for reports) averages steps over this window.
     tpot_window_s: float = 3.0
+    # Steps aim at tpot_s × this margin: the TPOT guard's limit and the step budget's target.
     tpot_margin: float = 0.9
+    # The engine sizes steps by the SLO (SchedulerConfig.step_budget == "slo"): prefill per step shrinks
+    # under decode load to keep steps within the tightest TPOT in flight; False = the fixed B - D.
+    slo_step_budget: bool = True
+    min_prefill_tokens: int = DEFAULT_MIN_PREFILL_TOKENS  # SchedulerConfig.min_prefill_chunk_tokens
     cost_model: CostModelConfig = field(default_factory=CostModelConfig)
     error_window: int = 1024  # predictions kept for the error statistics
 
@@ -93,12 +106,16 @@ class AdmissionConfig:
             raise ValueError("error_window must be ≥ 1")
         if not (self.tpot_window_s > 0 and 0 < self.tpot_margin <= 1):
             raise ValueError("tpot_window_s must be > 0 and tpot_margin in (0, 1]")
+        if self.min_prefill_tokens < 1:
+            raise ValueError("min_prefill_tokens must be ≥ 1")
 
     @classmethod
     def for_scheduler(cls, scheduler: SchedulerConfig, **kwargs: Any) -> AdmissionConfig:
-        """Budget and queue order taken from the engine's scheduler config."""
+        """Budget rule and queue order taken from the engine's scheduler config."""
         return cls(max_num_batched_tokens=scheduler.max_num_batched_tokens,
-                   queue_order=QueueOrder(scheduler.queue_policy), **kwargs)
+                   queue_order=QueueOrder(scheduler.queue_policy), tpot_margin=scheduler.step_tpot_margin,
+                   slo_step_budget=scheduler.step_budget == "slo",
+                   min_prefill_tokens=scheduler.min_prefill_chunk_tokens, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -124,26 +141,34 @@ class AdmissionDecision:
         return OverloadedError(self.message, retry_after_s=self.retry_after_s, reason=self.shed_reason.value)
 
 
-def prefill_time_s(num_tokens: int, num_running: int, max_num_batched_tokens: int,
-                   cost: StepCost) -> tuple[float, int]:
+def prefill_time_s(num_tokens: int, num_running: int, max_num_batched_tokens: int, cost: StepCost,
+                   step_target_s: float | None = None,
+                   min_prefill_tokens: int = DEFAULT_MIN_PREFILL_TOKENS) -> tuple[float, int]:
     """Seconds and engine steps to prefill ``num_tokens`` with ``num_running`` decodes in every step:
-    ``n = ceil(tokens / (B - D))`` steps of ``a + c·D`` each, plus ``b·tokens``."""
+    ``n = ceil(tokens / P(D))`` steps of ``a + c·D`` each, plus ``b·tokens``, where ``P(D)`` is the
+    step budget's prompt share (``prefill_budget``; ``B - D`` without a step target)."""
     if num_tokens <= 0:
         return 0.0, 0
     budget = max_num_batched_tokens
     num_decodes = min(max(num_running, 0), budget - 1) if budget > 1 else 0
-    num_steps = math.ceil(num_tokens / (budget - num_decodes))
+    per_step = max(prefill_budget(num_decodes, budget, cost, step_target_s, min_prefill_tokens), 1)
+    num_steps = math.ceil(num_tokens / per_step)
     seconds = num_steps * (cost.step_overhead_s + cost.decode_s_per_token * num_decodes)
     return seconds + cost.prefill_s_per_token * num_tokens, num_steps
 
 
 def predict_ttft(cost: StepCost, max_num_batched_tokens: int, tokens_ahead: int, prompt_tokens: int,
-                 num_running: int) -> TTFTPrediction:
+                 num_running: int, *, step_target_s: float | None = None,
+                 min_prefill_tokens: int = DEFAULT_MIN_PREFILL_TOKENS) -> TTFTPrediction:
     """The admission formula (module docstring), a pure function: the fleet router scores each
-    replica with it, and the planner and the admission controller share it."""
-    wait_s, _ = prefill_time_s(tokens_ahead, num_running, max_num_batched_tokens, cost)
+    replica with it, and the planner and the admission controller share it.
+
+    step_target_s: the tightest TPOT in flight × margin when the engine sizes its steps by it
+    (``SchedulerConfig.step_budget == "slo"``), else None."""
+    wait_s, _ = prefill_time_s(tokens_ahead, num_running, max_num_batched_tokens, cost, step_target_s,
+                               min_prefill_tokens)
     ttft_s, num_steps = prefill_time_s(tokens_ahead + max(prompt_tokens, 1), num_running,
-                                       max_num_batched_tokens, cost)
+                                       max_num_batched_tokens, cost, step_target_s, min_prefill_tokens)
     return TTFTPrediction(ttft_s=ttft_s, queue_wait_s=wait_s, num_prefill_tokens_ahead=tokens_ahead,
                           num_steps=num_steps)
 
@@ -152,6 +177,7 @@ def predict_ttft(cost: StepCost, max_num_batched_tokens: int, tokens_ahead: int,
 class _Pending:
     prompt_tokens: int
     priority: int
+    tpot_s: float | None  # its class's TPOT target
     predicted_ttft_s: float | None
     admitted_s: float  # clock time at admission
     waiting_for_first_token: bool = True
@@ -167,6 +193,7 @@ class AdmissionController:
         self.errors = PredictionErrorStats(self.config.error_window)
         self._pending: dict[Hashable, _Pending] = {}
         self._tokens_by_priority: Counter[int] = Counter()  # prompt tokens waiting for a first token
+        self._tpot_targets: Counter[float] = Counter()  # TPOT targets of the requests in flight
         self.num_admitted = 0
         self.num_shed: Counter[ShedReason] = Counter()
         self.num_would_shed: Counter[ShedReason] = Counter()  # OBSERVE mode
@@ -192,8 +219,11 @@ class AdmissionController:
         """The request was queued: its prompt is now ahead of later requests."""
         if request_key in self._pending:
             raise ValueError(f"request {request_key!r} admitted twice")
-        self._pending[request_key] = _Pending(prompt_tokens, slo_class.priority, predicted_ttft_s, self._clock())
+        self._pending[request_key] = _Pending(prompt_tokens, slo_class.priority, slo_class.tpot_s, predicted_ttft_s,
+                                              self._clock())
         self._tokens_by_priority[slo_class.priority] += prompt_tokens
+        if slo_class.tpot_s is not None:
+            self._tpot_targets[slo_class.tpot_s] += 1
 
     def on_first_token(self, request_key: Hashable, ttft_s: float | None = None) -> None:
         """Its prefill is done. ``ttft_s`` (the engine's measurement) defaults to the time since
@@ -208,8 +238,14 @@ class AdmissionController:
     def on_finished(self, request_key: Hashable) -> None:
         """Finished, failed or aborted (call it in a ``finally``): forget the request."""
         p = self._pending.pop(request_key, None)
-        if p is not None and p.waiting_for_first_token:
+        if p is None:
+            return
+        if p.waiting_for_first_token:
             self._release_tokens(p)
+        if p.tpot_s is not None:
+            self._tpot_targets[p.tpot_s] -= 1
+            if self._tpot_targets[p.tpot_s] <= 0:
+                del self._tpot_targets[p.tpot_s]
 
     def observe_ttft(self, predicted_s: float, actual_s: float) -> None:
         self.errors.observe(predicted_s, actual_s)
@@ -239,10 +275,18 @@ class AdmissionController:
         """Prompt tokens admitted and waiting for their first token, by class priority."""
         return dict(self._tokens_by_priority)
 
+    def step_target_s(self) -> float | None:
+        """What the engine's steps aim at while the requests in flight run: their tightest TPOT × margin
+        (None without a target, or when the engine's step budget is fixed)."""
+        if not self.config.slo_step_budget:
+            return None
+        return step_target_for(self._tpot_targets, self.config.tpot_margin)
+
     def predict(self, prompt_tokens: int, slo_class: SLOClass, *, num_running: int) -> TTFTPrediction:
         """Predicted TTFT of a request of ``prompt_tokens`` if it were queued now."""
         return predict_ttft(self.cost_model.cost(), self.config.max_num_batched_tokens,
-                            self._tokens_ahead(slo_class.priority), prompt_tokens, num_running)
+                            self._tokens_ahead(slo_class.priority), prompt_tokens, num_running,
+                            step_target_s=self.step_target_s(), min_prefill_tokens=self.config.min_prefill_tokens)
 
     def _shed_reason(self, pred: TTFTPrediction, prompt_tokens: int, slo: SLOClass, num_running: int,
                      num_waiting: int) -> tuple[ShedReason, str] | None:
@@ -268,18 +312,19 @@ class AdmissionController:
         return None
 
     def _tpot_overload(self, slo: SLOClass, num_running: int) -> str | None:
-        """Why one more sequence would push running requests past the class's TPOT target
-        (never on an idle engine: recent slow steps then say nothing about the next ones)."""
-        recent = self.recent_step_s()
-        if slo.tpot_s is None or recent is None or num_running == 0:
+        """Why one more sequence would push decode steps past the class's TPOT target: the next steps,
+        ``num_running + 1`` decodes by the fitted cost. Never on an idle engine, nor when a lone
+        sequence's steps already miss the target: shedding cannot help then."""
+        if slo.tpot_s is None or num_running == 0:
             return None
-        predicted = recent + self.cost_model.cost().decode_s_per_token
+        cost = self.cost_model.cost()
+        predicted = cost.step_s(0, num_running + 1)
         limit = slo.tpot_s * self.config.tpot_margin
-        if predicted <= limit:
+        if predicted <= limit or cost.step_s(0, 1) > limit:
             return None
-        return (f"engine steps take {recent * 1e3:.0f} ms: with one more sequence the time per output token "
-                f"would be {predicted * 1e3:.0f} ms, over {limit * 1e3:.0f} ms (target {slo.tpot_s * 1e3:g} ms "
-                f"× margin {self.config.tpot_margin:g})")
+        return (f"with {num_running + 1} sequences a decode step would take {predicted * 1e3:.0f} ms, over "
+                f"{limit * 1e3:.0f} ms (time per output token target {slo.tpot_s * 1e3:g} ms × margin "
+                f"{self.config.tpot_margin:g})")
 
     def decide(self, prompt_tokens: int, slo_class: SLOClass, *, num_running: int,
                num_waiting: int) -> AdmissionDecision:
