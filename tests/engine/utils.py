@@ -36,7 +36,7 @@ def create_scheduler(*, num_blocks: int = 64, block_size: int = 4, max_num_seqs:
                      policy: str = "fcfs", cost_model: StepCostModel | None = None, **config: Any) -> Scheduler:
     kv = KVCacheManager(num_blocks, block_size, prefix_caching)
     return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                                     queue_policy=policy, **config), kv, cost_model)
+                                     queue_policy=policy, **config), kv, cost_model=cost_model)
 
 
 def complete_step(scheduler: Scheduler, out: ScheduleOutput, next_token: int = 7) -> None:
