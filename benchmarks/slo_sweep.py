@@ -8,9 +8,9 @@ admission control on and off.
 Part 1 (the `servewise bench` issue): open-loop Poisson sweep on the Alpaca seed tasks
 (`../shared/data/alpaca_seed_tasks.jsonl`, chat endpoint, max_tokens 128) with the SLO
 TTFT ≤ 2 s and TPOT ≤ 150 ms, against `servewise serve` (admission off, so both servers
-see the whole load) and against `python -m llama_cpp.server` on the same GGUF with 2
-threads. Prints each point and the highest rate meeting the SLO (p99 TTFT and p99 TPOT
-within target) for both.
+see the whole load) and against llama.cpp's `llama-server -np 8` (built for this CPU by
+llama_cpp_peer.py) on the same GGUF with 2 threads. Prints each point and the highest rate
+meeting the SLO (p99 TTFT and p99 TPOT within target) for both.
 
 Part 2 (the SLO issue): open loop at 1×, 2× and 5× that rate on ServeWise, admission
 enforced vs off: admitted TTFT p99 against the target, share shed with 429, goodput.
@@ -33,6 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "alpaca_seed_tasks.jsonl"
 TTFT_S, TPOT_S = 2.0, 0.150
+PEER_SLOTS = 8  # llama-server -np: requests it decodes together; the rest queue
 
 
 def free_port() -> int:
@@ -64,14 +65,18 @@ def start_servewise(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes
 
 
 def start_llama_cpp(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """llama.cpp's own llama-server, built for this CPU (llama_cpp_peer.py), 8 slots, 2 threads."""
+    import llama_cpp_peer
     from servewise.loading import embedded_model_path
 
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", embedded_model_path(), "--n_threads", "2",
-           "--n_threads_batch", "2", "--n_ctx", "4096", "--port", str(port), "--host", "127.0.0.1",
-           # its default cuts a running stream short whenever a new request arrives; queue them instead
-           "--interrupt_requests", "False"]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log)
+    bin_dir = llama_cpp_peer.build()
+    if isinstance(bin_dir, str):
+        raise RuntimeError(bin_dir)
+    cmd = [str(bin_dir / "llama-server"), "-m", embedded_model_path(), "-t", "2", "-tb", "2", "-np", str(PEER_SLOTS),
+           "-c", str(PEER_SLOTS * 2048), "--port", str(port), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)))
+    wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
     return proc
 
 
@@ -167,7 +172,7 @@ def main() -> None:
                     peer_port, rates, args.duration_s, out / "llama_cpp", "approx")))
             finally:
                 stop(peer)
-            peer_best = print_sweep("llama.cpp server (llama-cpp-python, same GGUF, 2 threads)", theirs)
+            peer_best = print_sweep(f"llama-server -np {PEER_SLOTS} (same GGUF, 2 threads)", theirs)
             for a, b in zip(ours, theirs, strict=True):
                 ratio = a["out_tok_s"] / b["out_tok_s"] if b["out_tok_s"] else float("nan")
                 print(f"rate {a['rate']}: output tok/s ratio servewise/llama.cpp = {ratio:.2f}")

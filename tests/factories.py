@@ -378,3 +378,24 @@ def embedded_gguf_path() -> str:
         return embedded_model_path()
     except ModelLoadError as exc:
         pytest.skip(str(exc))
+
+
+def write_perturbed_gguf(source: str | Path, path: str | Path, *, tensor: str = "output_norm.weight",
+                         sigma: float = 0.5, seed: int = 0) -> Path:
+    """A copy of a GGUF whose float ``tensor`` is scaled channel by channel by exp(N(0, sigma)):
+    another model with the same tokenizer and shapes (a stand-in for a fine-tune)."""
+    import shutil
+
+    import gguf
+
+    info = next(t for t in gguf.GGUFReader(str(source)).tensors if t.name == tensor)
+    if info.tensor_type != gguf.GGMLQuantizationType.F32:
+        raise ValueError(f"{tensor} is {info.tensor_type.name}, not F32")
+    path = Path(path)
+    shutil.copyfile(source, path)
+    values = np.asarray(info.data, dtype=np.float32).copy()
+    values *= np.exp(np.random.default_rng(seed).normal(0.0, sigma, values.shape)).astype(np.float32)
+    with path.open("r+b") as f:
+        f.seek(int(info.data_offset))
+        f.write(values.tobytes())
+    return path

@@ -125,6 +125,7 @@ def test_draft_length_rule():
     assert draft_length(0.5, 4, cpu, 1, 1, 1.05) == 1  # 1.5 tokens in 18 ms beats 1.75 in 22 ms
     assert draft_length(0.25, 4, cpu, 1, 1, 1.05) == 0  # 0.25 more tokens for 4 ms: not worth it
     assert draft_length(0.9, 2, cpu, 1, 1, 1.05) == 2  # max_tokens caps it
+    assert draft_length(0.9, 4, lambda t: 0.0, 1, 1, 1.05) == 0  # no step time known: no draft, no crash
     # more sequences: extra rows slow them all, one gains: shorter drafts, then none
     assert draft_length(0.9, 4, cpu, 8, 8, 1.05) == 2
     assert draft_length(0.9, 4, cpu, 16, 16, 1.05) == 0

@@ -70,8 +70,8 @@ def test_routing_follows_the_fleets_scoring(monkeypatch):
 
     original = fleet_routing.predict_ttft
 
-    def prefer_the_busiest(cost, budget, ahead, prompt, running):
-        prediction = original(cost, budget, ahead, prompt, running)
+    def prefer_the_busiest(*args, **kwargs):
+        prediction = original(*args, **kwargs)
         return type(prediction)(1.0 / (1.0 + prediction.ttft_s), prediction.queue_wait_s,
                                 prediction.num_prefill_tokens_ahead, prediction.num_steps)
 

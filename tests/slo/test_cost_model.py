@@ -78,6 +78,18 @@ def test_coefficients_are_clamped():
     assert 0.0 <= cost.step_overhead_s <= CostModelConfig().max_step_overhead_s
 
 
+def test_a_fast_engine_that_only_decodes_one_sequence_is_not_predicted_at_its_prior():
+    # Steps of one decode pin a + c only; c's prior (3 ms) is far above them. The unconstrained fit
+    # puts a < 0: fixing it at 0 refits c to the data, where clamping afterwards kept c near its prior.
+    model = StepCostModel()
+    for i in range(300):
+        model.observe(FakeStep(0.0004, 1, 0, 1, float(i)))
+    cost = model.cost()
+    assert cost.step_overhead_s == 0.0
+    # within 2× of the step (the prior still weighs ~26 such steps against ~200 remembered), not 10×
+    assert 0.0004 <= cost.step_s(0, 1) < 0.0008
+
+
 def test_engine_step_records_fit_the_protocol():
     stats = pytest.importorskip("servewise.engine.stats")  # pulls in torch: the one test that does
     model = StepCostModel()

@@ -220,7 +220,12 @@ class LLMEngine:
     # ---- the step -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and return what changed for each request."""
-        self.speculator.propose(self.scheduler.running)
+        try:
+            self.speculator.propose(self.scheduler.running)
+        except Exception:  # drafts are an optimisation: a bug in them must not stop the engine
+            logger.exception("speculative drafting failed; this step runs without drafts")
+            for request in self.scheduler.running:
+                request.draft_token_ids = []
         sched = self.scheduler.schedule()
         touched: set[str] = set(self._pending_final)
         self._pending_final = set()

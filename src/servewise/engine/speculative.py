@@ -99,6 +99,8 @@ def draft_length(acceptance: float, max_tokens: int, step_s: Callable[[int], flo
     step_s(T): seconds of a decode step of T tokens; num_step_tokens: decode tokens the step computes so
     far (running decodes and drafts already given); num_step_emitted: tokens it emits so far, expected."""
     base_s = step_s(num_step_tokens)
+    if not base_s > 0:  # no usable step time yet (a fit can put every coefficient at 0): no draft
+        return 0
     best_k, best_rate = 0, num_step_emitted / base_s
     for k in range(1, max_tokens + 1):
         extra_s = step_s(num_step_tokens + k) - base_s

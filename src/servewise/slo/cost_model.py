@@ -140,9 +140,23 @@ class StepCostModel:
         return self._cached
 
     def _solve(self) -> StepCost:
+        """The ridge fit with every coefficient ≥ 0: a coefficient the unconstrained fit makes
+        negative is fixed at 0 and the others refitted (an active set; three unknowns). Clamping
+        afterwards instead would keep the others' compensation: steps that only pin a + c (one
+        decode each) with c's prior far above their time gave a < 0, clamped to 0, and c = the
+        prior, ten times the step."""
         a = [[self._sxx[i][j] + (self._prior_weight[i] if i == j else 0.0) for j in range(3)] for i in range(3)]
         rhs = [self._sxy[i] + self._prior_weight[i] * self._prior[i] for i in range(3)]
-        theta = _solve3(a, rhs)
+        theta = [0.0, 0.0, 0.0]
+        free = [0, 1, 2]
+        while free:
+            sub = _solve_linear([[a[i][j] for j in free] for i in free], [rhs[i] for i in free])
+            negative = [(v, i) for v, i in zip(sub, free, strict=True) if not v >= 0]
+            if not negative:
+                for v, i in zip(sub, free, strict=True):
+                    theta[i] = v
+                break
+            free.remove(min(negative)[1])
         c = self.config
         return StepCost(step_overhead_s=_clamp(theta[0], c.max_step_overhead_s),
                         prefill_s_per_token=_clamp(theta[1], c.max_s_per_token),
@@ -153,10 +167,10 @@ def _clamp(value: float, upper: float) -> float:
     return min(max(value, 0.0), upper) if math.isfinite(value) else upper
 
 
-def _solve3(a: list[list[float]], b: list[float]) -> list[float]:
-    """Gaussian elimination with partial pivoting on a 3×3 system (positive definite here)."""
+def _solve_linear(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (the systems here are positive definite, ≤ 3×3)."""
     m = [row[:] + [b[i]] for i, row in enumerate(a)]
-    n = 3
+    n = len(b)
     for col in range(n):
         pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
         m[col], m[pivot] = m[pivot], m[col]
