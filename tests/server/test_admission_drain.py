@@ -20,11 +20,11 @@ pytestmark = pytest.mark.slow
 
 TTFT_TARGET_S, SLACK = 1.0, 1.5
 # Each burst request is sized to this much predicted prefill, whatever the machine's speed: one fits
-# under target × slack, a second would not (2 × 0.9 s > 1.5 s). The first request of a burst takes
-# ~1.3× its prediction here (the test's own client and the server's event loop share the two
-# cores with the engine), which leaves 1.5 s / 0.9 s ≈ 1.67× of room, so the test does not hinge
-# on a prediction landing just under the bound.
-REQUEST_S = 0.9
+# under target × slack, a second would not (2 × 0.8 s > 1.5 s). The first request of a burst takes
+# ~1.3× its prediction alone (attention makes long prompts dearer per token than the linear model
+# says) and more in the burst (the test's own client and the server's event loop share the two
+# cores with the engine), which 1.5 s / 0.8 s ≈ 1.9× of room absorbs.
+REQUEST_S = 0.8
 
 
 def _prompt(i: int, words: int = 180) -> str:
@@ -68,12 +68,19 @@ def test_burst_over_a_tight_ttft_slo_is_partly_shed_and_admitted_requests_meet_i
     # own machine. (With two OpenMP threads, any work of the client's stretches every step.)
     srv = start_server(tmp_path_factory.mktemp("admission"), "--max-num-seqs", "32", "--threads", "1",
                        "--slo-class", f"interactive:ttft={TTFT_TARGET_S}s@p99,priority=0,slack={SLACK}",
+                       "--slo-class", "warmup:ttft=60s@p99,priority=1", "--default-slo-class", "interactive",
+                       "--allow-client-slo-class",
                        name="admission")
     try:
         async def main() -> tuple[list[dict], dict]:
             async with httpx.AsyncClient(base_url=srv.base_url, timeout=120) as client:
+                warmup = {"x-slo-class": "warmup"}  # kept out of the interactive class's window
                 for i in range(3):  # calibrates the step-cost model on this machine
-                    await _stream(client, _prompt(1000 + i, 60), 4)
+                    await _stream(client, _prompt(1000 + i, 60), 4, headers=warmup)
+                # ... and at the burst's prompt size: the model is linear in prompt tokens, and
+                # attention makes a long prompt's tokens dearer than a short one's (~1.5× at 800)
+                for i in range(2):
+                    await _stream(client, _prompt(1100 + i, await _words_for(client, REQUEST_S)), 4, headers=warmup)
                 words = await _words_for(client, REQUEST_S)
                 burst = list(await asyncio.gather(*(_stream(client, _prompt(i, words), 8) for i in range(24))))
                 return burst, (await client.get("/v1/slo")).json()
@@ -88,10 +95,11 @@ def test_burst_over_a_tight_ttft_slo_is_partly_shed_and_admitted_requests_meet_i
     for r in shed:
         assert int(r["headers"]["retry-after"]) >= 1 and r["body"]["error"]["type"] == "overloaded_error"
     for r in admitted:
-        assert r["done"] and r["tokens"] == 8 and r["finish"] == "length"  # every admitted request completes
+        # every admitted request completes (a chunk may carry several tokens: accepted drafts)
+        assert r["done"] and 1 <= r["tokens"] <= 8 and r["finish"] == "length"
     # Served first come first served, the 24 would see a p99 TTFT of several seconds.
     window = slo["classes"]["classes"]["interactive"]["windows"]["1m"]  # the server's view
-    assert window["ttft_percentile_s"] <= TTFT_TARGET_S * SLACK, (window, len(shed))
+    assert window["ttft_percentile_s"] <= TTFT_TARGET_S * SLACK, (window["counts"], [r["ttft_s"] for r in admitted])
     ttfts = [r["ttft_s"] for r in admitted]  # the client's
     assert float(np.percentile(ttfts, 99)) <= TTFT_TARGET_S * SLACK, (ttfts, len(shed))
 
@@ -121,7 +129,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_0(tmp_path_factory):
     assert ready.status_code == 503
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "service_unavailable"
-    assert all(r["status"] == 200 and r["done"] and r["tokens"] == 40 and r["finish"] == "length" for r in results)
+    assert all(r["status"] == 200 and r["done"] and 1 <= r["tokens"] <= 40 and r["finish"] == "length" for r in results)
     assert code == 0 and elapsed < 60 + 5
 
 
