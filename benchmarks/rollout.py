@@ -30,6 +30,7 @@ import httpx
 from bench_client_capacity import machine
 from slo_sweep import DATA, fmt, free_port, point_rows, stop, wait_ready
 
+ADMIN = "/v1/admin/rollout"  # an empty path on a base URL would get a trailing slash (a 307)
 ROOT = Path(__file__).resolve().parent.parent
 SLO = "interactive:ttft=2s@p99,tpot=150ms,priority=0,slack=1.5"
 STEPS = [10, 25, 50, 100]
@@ -61,7 +62,7 @@ def finish(bench: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
 
 
 def admin(port: int) -> httpx.Client:
-    return httpx.Client(base_url=f"http://127.0.0.1:{port}/v1/admin/rollout", timeout=900)
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900)
 
 
 def per_version(port: int) -> dict[str, float]:
@@ -76,11 +77,11 @@ def per_version(port: int) -> dict[str, float]:
 def wait_phase(client: httpx.Client, phases: set[str], timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rollout = client.get("").json()["rollout"]
+        rollout = client.get(ADMIN).json()["rollout"]
         if rollout and rollout["phase"] in phases:
             return dict(rollout)
         time.sleep(1)
-    return dict(client.get("").json()["rollout"] or {})
+    return dict(client.get(ADMIN).json()["rollout"] or {})
 
 
 def spec(engine_args: list[str], gated: bool) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def bad_canary(out: Path, duration_s: float, rate: float) -> None:
             time.sleep(10)
             if name != "no rollout":
                 with admin(port) as c:
-                    c.post("", json=spec(BAD, gated=name == "SLO-gated")).raise_for_status()
+                    c.post(ADMIN, json=spec(BAD, gated=name == "SLO-gated")).raise_for_status()
             row = finish(bench, out / f"bad-{name.split()[0]}")
             counts = per_version(port)
             total = sum(counts.values()) or 1.0
@@ -128,7 +129,7 @@ def time_to_decide(out: Path, rate: float) -> None:
             for name, args, phases in (("bad: start -> rolled back", BAD, {"rolled_back"}),
                                        ("identical: start -> 100 % (promoted)", [], {"promoted"})):
                 started = time.monotonic()
-                c.post("", json=spec(args, gated=True)).raise_for_status()
+                c.post(ADMIN, json=spec(args, gated=True)).raise_for_status()
                 deployed = time.monotonic()
                 rollout = wait_phase(c, phases | {"rolled_back", "promoted", "aborted"}, 600)
                 results.append((name, deployed - started, time.monotonic() - deployed, rollout.get("phase")))
@@ -149,13 +150,13 @@ def shadow_cost(out: Path, duration_s: float, rate: float) -> None:
         try:
             if name != "no shadow":
                 with admin(port) as c:
-                    c.post("", json={"mode": "shadow", "shadow": {"sample": 0.1, "duration": f"{duration_s + 60}s"}}
+                    c.post(ADMIN, json={"mode": "shadow", "shadow": {"sample": 0.1, "duration": f"{duration_s + 60}s"}}
                            ).raise_for_status()
             rows[name] = finish(load(port, out / f"shadow-{name.split()[0]}", duration_s, rate),
                                 out / f"shadow-{name.split()[0]}")
             if name != "no shadow":
                 with admin(port) as c:
-                    rows[name]["report"] = c.get("").json().get("shadow", {})
+                    rows[name]["report"] = c.get(ADMIN).json().get("shadow", {})
         finally:
             stop(proc)
     base, shadowed = rows["no shadow"], rows["shadow 10 %"]
