@@ -6,7 +6,7 @@ import pytest
 
 from servewise.config import ConfigError
 from servewise.fleet.rollout_controller import Action, RolloutController, RolloutPhase, RolloutState
-from servewise.fleet.rollout_gate import GateDecision, VersionWindow, evaluate, worse_by
+from servewise.fleet.rollout_gate import GateDecision, VersionWindow, binomial_tail_below, evaluate, worse_by
 from servewise.fleet.rollout_spec import (
     AnalysisConfig,
     RolloutMode,
@@ -29,7 +29,9 @@ class Clock:
 
 
 def good(n: int, ttft: float = 0.2, tpot: float = 0.05) -> VersionWindow:
-    return VersionWindow(num_requests=n, num_met=n, ttft_p99_s=ttft, tpot_p99_s=tpot)
+    """n served requests, every one at these latencies."""
+    return VersionWindow(num_requests=n, num_met=n, ttft_p99_s=ttft, tpot_p99_s=tpot,
+                         ttft_samples_s=(ttft,) * n, tpot_samples_s=(tpot,) * n)
 
 
 # -- spec -----------------------------------------------------------------------------------
@@ -83,13 +85,35 @@ def test_gate_rolls_back_on_errors_attainment_and_p99s():
     assert r.decision is GateDecision.ROLLBACK and any("errors" in x for x in r.reasons)
     slow = good(40, tpot=0.35)  # +300 ms per step
     r = evaluate(base, slow, CFG, step_age_s=5, step_min_duration_s=60, step_min_requests=50)
-    assert r.decision is GateDecision.ROLLBACK and any("TPOT p99" in x for x in r.reasons)
+    assert r.decision is GateDecision.ROLLBACK and any(x.startswith("TPOT: 40 of 40") for x in r.reasons)
     jitter = good(100, tpot=0.08)  # 1.6× but only +30 ms: noise on a fast model, not a regression
     assert evaluate(base, jitter, CFG, step_age_s=5, step_min_duration_s=60,
                     step_min_requests=50).decision is GateDecision.EXTEND
     missing = VersionWindow(num_requests=100, num_met=70, ttft_p99_s=0.2, tpot_p99_s=0.05)
     r = evaluate(base, missing, CFG, step_age_s=5, step_min_duration_s=60, step_min_requests=50)
     assert r.decision is GateDecision.ROLLBACK and any("missed SLO" in x for x in r.reasons)
+
+
+def test_one_slow_request_is_not_a_slow_candidate_but_a_slow_tail_is():
+    # An identical candidate was rolled back when p99s were compared: over 20 requests a p99 is the
+    # slowest one (here a new replica's first request, 3× the baseline's p99).
+    base = good(200, ttft=0.18)
+    one_cold = VersionWindow(num_requests=20, num_met=20, ttft_p99_s=0.62, tpot_p99_s=0.05,
+                             ttft_samples_s=(0.62,) + (0.1,) * 19, tpot_samples_s=(0.05,) * 20)
+    kwargs = dict(step_age_s=61, step_min_duration_s=60, step_min_requests=20)
+    assert evaluate(base, one_cold, CFG, **kwargs).decision is GateDecision.PROMOTE
+    three_slow = VersionWindow(num_requests=20, num_met=20, ttft_p99_s=0.62, tpot_p99_s=0.05,
+                               ttft_samples_s=(0.62,) * 3 + (0.1,) * 17, tpot_samples_s=(0.05,) * 20)
+    r = evaluate(base, three_slow, CFG, **kwargs)
+    assert r.decision is GateDecision.ROLLBACK and "3 of 20" in r.reasons[0]
+
+
+def test_binomial_tail():
+    assert not binomial_tail_below(20, 1, 0.01, 0.05)  # P(X ≥ 1) = 0.18
+    assert binomial_tail_below(20, 2, 0.01, 0.05)  # P(X ≥ 2) = 0.017
+    assert not binomial_tail_below(20, 0, 0.01, 0.05)
+    assert not binomial_tail_below(100_000, 1_050, 0.01, 0.05)  # 1.05 %: within the noise of 100k
+    assert binomial_tail_below(100_000, 1_200, 0.01, 0.05)
 
 
 def test_gate_extends_until_the_minimums_then_promotes():

@@ -11,9 +11,12 @@ within every target of their SLO class), errors (5xx, engine failures, lost repl
   all-or-nothing sample is never "certain"): ``p = (x + 1) / (n + 2)``,
   ``z = (p_c - p_b - d) / sqrt(p_b (1 - p_b) / (n_b + 2) + p_c (1 - p_c) / (n_c + 2))``; worse when z
   exceeds the normal quantile of ``confidence``.
-- p99s: worse when the candidate's TTFT or TPOT p99 exceeds ``p99_ratio_tolerance`` × the baseline's
-  and the baseline's by more than ``p99_min_delta_s`` (milliseconds of noise on a fast model are not
-  a regression). Not at the 100 % step: the candidate then carries the whole load, and its p99s
+- Tails: the threshold is ``max(p99_ratio_tolerance × b99, b99 + p99_min_delta_s)`` over the
+  baseline's TTFT (TPOT) p99 ``b99`` (milliseconds of noise on a fast model are not a
+  regression). With the same distribution, a candidate request lands above it with chance ≤ 1 %;
+  worse when k of the candidate's n served requests did and ``P(Bin(n, 0.01) ≥ k) < 1 - confidence``.
+  (Comparing the two p99s instead rolled back an identical candidate: over 20 requests a p99 is
+  the slowest one, such as a new replica's first request.) Not at the 100 % step: the candidate then carries the whole load, and its p99s
   against the baseline's previous step (a share of that load) would measure the load, not the
   version; attainment, errors and sheds are relative to the SLO and stay comparable.
 
@@ -22,7 +25,7 @@ has lasted ``step_min_duration_s`` and the candidate served ``step_min_requests`
 
 Not modelled: traffic mix differences between the versions (sticky sessions make them small but
 nonzero), sequential-testing error inflation from looking every window (the tolerances and
-the minimum samples absorb it in practice), and p99 sampling error (a ratio, not a test).
+the minimum samples absorb it in practice), and the baseline p99's own sampling error.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class VersionWindow:
     num_shed: int = 0  # refused by admission (429)
     ttft_p99_s: float | None = None  # of served requests
     tpot_p99_s: float | None = None
+    ttft_samples_s: tuple[float, ...] = ()  # each served request's (for the tail test)
+    tpot_samples_s: tuple[float, ...] = ()
 
     @property
     def attainment(self) -> float | None:
@@ -80,6 +85,24 @@ def worse_by(base_hits: int, base_n: int, cand_hits: int, cand_n: int, tolerance
     return z > NormalDist().inv_cdf(confidence), z
 
 
+TAIL_SHARE = 0.01  # a request lands above the baseline's p99 this often when nothing changed
+
+
+def binomial_tail_below(n: int, k: int, p: float, alpha: float) -> bool:
+    """Is ``P(X ≥ k) < alpha`` for ``X ~ Bin(n, p)``? Sums the pmf below k in log space, stopping
+    as soon as the answer is known (a few terms past n·p), so a large n costs little."""
+    if k <= 0:
+        return False
+    log_p, log_q = math.log(p), math.log1p(-p)
+    below = 0.0
+    for i in range(k):
+        below += math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
+                          + (n - i) * log_q)
+        if 1.0 - below < alpha:
+            return True
+    return 1.0 - below < alpha
+
+
 def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, step_age_s: float,
              step_min_duration_s: float, step_min_requests: int, compare_p99: bool = True) -> GateResult:
     findings: list[str] = []
@@ -97,11 +120,18 @@ def evaluate(base: VersionWindow, cand: VersionWindow, cfg: AnalysisConfig, *, s
             findings.append(f"{name}: {c_hits}/{cand.num_requests} on the candidate vs {b_hits}/{base.num_requests} "
                             f"on the baseline (z = {z:.2f} beyond +{tol:g})")
     if enough and compare_p99:
-        for name, b, c in (("TTFT p99", base.ttft_p99_s, cand.ttft_p99_s), ("TPOT p99", base.tpot_p99_s,
-                                                                            cand.tpot_p99_s)):
-            if b is not None and c is not None and c > cfg.p99_ratio_tolerance * b and c - b > cfg.p99_min_delta_s:
-                findings.append(f"{name}: {c * 1e3:.0f} ms on the candidate vs {b * 1e3:.0f} ms "
-                                f"(over {cfg.p99_ratio_tolerance:g}× and +{cfg.p99_min_delta_s * 1e3:g} ms)")
+        for name, b99, c99, samples in (("TTFT", base.ttft_p99_s, cand.ttft_p99_s, cand.ttft_samples_s),
+                                        ("TPOT", base.tpot_p99_s, cand.tpot_p99_s, cand.tpot_samples_s)):
+            if b99 is None or not samples:
+                continue
+            threshold = max(cfg.p99_ratio_tolerance * b99, b99 + cfg.p99_min_delta_s)
+            above = sum(1 for x in samples if x > threshold)
+            stats[f"{name.lower()}_above_threshold"] = above
+            if binomial_tail_below(len(samples), above, TAIL_SHARE, 1 - cfg.confidence):
+                findings.append(f"{name}: {above} of {len(samples)} candidate requests over {threshold * 1e3:.0f} ms "
+                                f"(the baseline's p99 {b99 * 1e3:.0f} ms × {cfg.p99_ratio_tolerance:g}, at least "
+                                f"+{cfg.p99_min_delta_s * 1e3:g} ms), candidate p99 "
+                                f"{(c99 or 0.0) * 1e3:.0f} ms")
     figures = {"baseline": base.as_dict(), "candidate": cand.as_dict(), "step_age_s": round(step_age_s, 3), **stats}
     if findings:
         return GateResult(GateDecision.ROLLBACK, tuple(findings), figures)

@@ -50,12 +50,14 @@ class RolloutRecorder:
     def window(self, version: str) -> VersionWindow:
         items = [f for f in self._items if f.version == version]
         served = [f for f in items if f.outcome is RequestOutcome.SERVED]
+        ttfts = tuple(f.ttft_s for f in served if f.ttft_s is not None)
+        tpots = tuple(f.tpot_s for f in served if f.tpot_s is not None)
         return VersionWindow(
             num_requests=len(items), num_met=sum(1 for f in served if f.met_slo),
             num_errors=sum(1 for f in items if f.outcome is RequestOutcome.ERROR),
             num_shed=sum(1 for f in items if f.outcome is RequestOutcome.SHED),
-            ttft_p99_s=percentile([f.ttft_s for f in served if f.ttft_s is not None], 99),
-            tpot_p99_s=percentile([f.tpot_s for f in served if f.tpot_s is not None], 99))
+            ttft_p99_s=percentile(list(ttfts), 99), tpot_p99_s=percentile(list(tpots), 99),
+            ttft_samples_s=ttfts, tpot_samples_s=tpots)
 
     def count(self, version: str) -> int:
         return sum(1 for f in self._items if f.version == version)
