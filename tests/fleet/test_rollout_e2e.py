@@ -52,8 +52,10 @@ def admin(fleet):
         yield Admin(c)
 
 
-def sessions(base_url: str, num_sessions: int = 6, max_tokens: int = 8) -> StreamingLoad:
-    """Sessions (X-Session-Id) sending short greedy completions in a loop."""
+def sessions(base_url: str, num_sessions: int = 20, max_tokens: int = 8) -> StreamingLoad:
+    """Sessions (X-Session-Id) sending short greedy completions in a loop. The split hashes the
+    rollout id with each session, so at a 25 % step all of 6 sessions missed the candidate 18 % of
+    the time (0.75^6); with 20, 0.3 %."""
     bodies = {f"s{i}": {"prompt": f"s{i} says hello", "max_tokens": max_tokens, "temperature": 0}
               for i in range(num_sessions)}
     return StreamingLoad(base_url, bodies, session_header=True)
