@@ -176,7 +176,10 @@ class FleetBackend:
         return predicted
 
     def on_first_token(self, key: int, ttft_s: float) -> None:
-        pass  # each engine request's router scores its own first token (``FleetCall``)
+        """Nothing to do at the ingress, by design: the fleet has no ingress-side admission queue
+        to release. Each engine request's router already learns its own first token, with the
+        replica that served it (``FleetCall`` → ``FleetRouter.on_first_token``), which the
+        single-server hook could not tell."""
 
     def served_by(self, key: int) -> str | None:
         return self._version_of.get(key)
