@@ -44,8 +44,7 @@ def complete_step(scheduler: Scheduler, out: ScheduleOutput, next_token: int = 7
     for chunk in out.chunks:
         r = chunk.request
         samples = chunk.samples
-        r.num_computed_tokens += chunk.num_new_tokens
-        scheduler.kv_cache.cache_full_blocks(r)
+        scheduler.complete_chunk(chunk, 0.0)
         if samples:
             r.append_token(next_token)
 
