@@ -75,7 +75,7 @@ def measured_capacity(workload: list[str], out: Path, num_requests: int) -> floa
     from servewise.plan_cli.validate import served
 
     out.mkdir(parents=True, exist_ok=True)
-    with served(["--threads", THREADS, "--admission", "off"], out / "server.log") as base_url:
+    with served(["--threads", THREADS, "--admission", "off", "--speculative-ngram", "0"], out / "server.log") as base_url:
         servewise("bench", "--base-url", base_url, "--ignore-eos", "--concurrency", str(SATURATING_CLIENTS),
                   "--num-requests", str(num_requests), *workload, "--no-progress", "--output-dir", str(out),
                   log=out / "bench.log")

@@ -52,6 +52,34 @@ def test_a_plan_prints_every_figure_and_writes_its_files(tmp_path, capsys, model
     assert "Prediction intervals" in (out_dir / "report.md").read_text()
 
 
+def test_profile_measures_steps_without_drafting(tmp_path, model, monkeypatch):
+    """The step-cost model has no draft tokens, so the profiled engine must not draft (the server's default)."""
+    import servewise.engine.llm_engine as llm_engine
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(config):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(llm_engine, "LLMEngine", capture)
+    with pytest.raises(Stop):
+        main(["profile", "--model", model, "--speculative-ngram", "4", "--output", str(tmp_path / "p.json")])
+    assert seen and not seen[0].speculative.enabled
+
+
+def test_a_plan_says_it_does_not_simulate_drafting(tmp_path, capsys, model):
+    from servewise.plan_cli.run import SPECULATION_NOTE
+
+    status, out, err = _plan(capsys, "--profile", _profile(tmp_path, model), "--model", model, *WORKLOAD,
+                             "--rates", "1", "--output-dir", str(tmp_path / "out"))
+    assert status == 0, err
+    assert SPECULATION_NOTE in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_a_profile_of_another_model_is_refused(tmp_path, capsys, model, tiny_dirs):
     status, _, err = _plan(capsys, "--profile", _profile(tmp_path, str(tiny_dirs["qwen2"])), "--model", model,
                            *WORKLOAD, "--rates", "1")
@@ -104,6 +132,8 @@ def test_profile_then_plan_then_validate_on_a_tiny_model(tmp_path, capsys, model
     loaded = Profile.load(profile)
     assert loaded.fit.num_samples >= 20 and loaded.backend.threads == 2 and loaded.cost.forward_s(
         loaded.samples[0].shape) > 0
+    # the serving calibration ran the real server: every quick-profile request made it into the fit
+    assert loaded.serving is not None and loaded.serving.num_requests == 16 and loaded.serving.forward_scale > 0
     out_dir = tmp_path / "validation"
     status, out, err = _plan(capsys, "validate", "--profile", str(profile), "--model", model,
                              "--max-num-batched-tokens", "64", "--max-num-seqs", "8", "--input-len", "16",
@@ -163,14 +193,13 @@ def test_validate_serves_each_configuration_with_the_servers_own_flags():
     from servewise.plan.knobs import Knobs
     from servewise.plan_cli.validate import serve_flags
 
-    class Run:  # the two fields serve_flags reads
-        model_path = "/models/m.gguf"
-        slo_class_flag = "interactive:ttft=2s@p99,tpot=0.15s,slack=1"
-
     knobs = Knobs(max_num_seqs=12, max_num_batched_tokens=384, linear_backend="fp32", threads=1, admission=False,
                   queue_policy="priority", prefix_caching=False, block_size=32, num_kv_blocks=100, max_model_len=900)
-    args = build_parser().parse_args(["serve", *serve_flags(Run(), knobs, "cpu")])  # type: ignore[arg-type]
+    slo_class = "interactive:ttft=2s@p99,tpot=0.15s,slack=1"
+    flags = serve_flags(knobs, "cpu", model_path="/models/m.gguf", slo_class_flag=slo_class)
+    args = build_parser().parse_args(["serve", *flags])
     assert (args.max_num_seqs, args.max_num_batched_tokens, args.linear_backend, args.threads) == (12, 384, "fp32", 1)
     assert (args.admission, args.queue_policy, args.no_prefix_caching, args.block_size) == ("off", "priority", True, 32)
     assert (args.num_kv_blocks, args.max_model_len, args.model) == (100, 900, "/models/m.gguf")
-    assert args.slo_class == [Run.slo_class_flag] and args.kv_cache_memory == knobs.kv_cache_memory_bytes
+    assert args.slo_class == [slo_class] and args.kv_cache_memory == knobs.kv_cache_memory_bytes
+    assert args.speculative_ngram == 0  # the plan does not simulate drafting: validate serves without it

@@ -63,6 +63,7 @@ class PlanSettings:
     target_rate: float | None = None  # req/s the fleet must serve
     headroom: float = 0.2  # ... at target × (1 + headroom)
     find_capacity: bool = True  # search each configuration's highest rate meeting the SLO
+    engine_only: bool = False  # ignore the profiles' serving calibration (simulate the engine alone)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -166,9 +167,11 @@ class Planner:
         """A fresh fleet of ``knobs``: the engines as the server builds them, at this profile's costs."""
         profile = self.profiles.for_knobs(knobs)
         spec = engine_spec(knobs, self.arch, profile.backend.device)
-        return FleetSimulator(spec, profile.cost.scaled(cost_scale), self.settings.slo_class,
+        serving = None if self.settings.engine_only else profile.serving
+        cost = profile.cost if serving is None else serving.apply(profile.cost)
+        return FleetSimulator(spec, cost.scaled(cost_scale), self.settings.slo_class,
                               num_replicas=knobs.replicas, admission=knobs.admission, ranges=profile.ranges,
-                              seed=seed, blocks_needed=blocks_needed)
+                              seed=seed, blocks_needed=blocks_needed, serving=serving)
 
     def simulate(self, knobs: Knobs, workload: PointWorkload, load: LoadConfig, point: LoadPoint, *,
                  warmup: Warmup | None = None, seed: int = 0, cost_scale: float = 1.0

@@ -14,6 +14,7 @@ from typing import Any
 
 from servewise.plan.fit import FitError, StepSample
 from servewise.plan.machine import MachineInfo
+from servewise.plan.serving import ServingCalibration
 from servewise.plan.step_cost import StepCostModel, StepShape
 
 SCHEMA_VERSION = 1
@@ -75,12 +76,14 @@ class Profile:
     created_at: str  # ISO 8601, UTC
     duration_s: float  # how long profiling took
     samples: tuple[StepSample, ...] = ()  # the measured steps (kept to audit or refit)
+    serving: ServingCalibration | None = None  # the server against the engine alone (None: not measured)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "tool": TOOL_NAME, "created_at": self.created_at,
                 "duration_s": round(self.duration_s, 3), "machine": self.machine.to_dict(),
                 "model": asdict(self.model), "backend": asdict(self.backend), "cost_model": self.cost.to_dict(),
                 "fit": asdict(self.fit), "host_mape": self.host_mape, "ranges": asdict(self.ranges),
+                "serving": None if self.serving is None else self.serving.to_dict(),
                 "samples": [[*asdict(s.shape).values(), s.forward_s] for s in self.samples]}
 
     @classmethod
@@ -95,7 +98,8 @@ class Profile:
                    backend=BackendInfo(**data["backend"]), cost=StepCostModel.from_dict(data["cost_model"]),
                    fit=FitError(**data["fit"]), host_mape=float(data["host_mape"]),
                    ranges=ProfiledRange(**data["ranges"]), created_at=str(data["created_at"]),
-                   duration_s=float(data["duration_s"]), samples=samples)
+                   duration_s=float(data["duration_s"]), samples=samples,
+                   serving=ServingCalibration.from_dict(data["serving"]) if data.get("serving") else None)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")

@@ -17,9 +17,12 @@ the engine published at its last step end, as the server does. Clients are the b
 open loop (with its concurrency cap) or closed loop. Replicas share the clock; the fleet
 routes each request (``routing.py``).
 
+The server's own work (HTTP, SSE, the client on the same cores) enters only through the
+profile's serving calibration (``serving.py``): steps scaled, plus a cost per stream, and
+each request's stream shifted as its first token is.
+
 Not modelled: EOS and stop strings (outputs run to max_tokens), n > 1, client timeouts
-and aborts, tenants' rate limits, the server's HTTP work competing with the engine for
-the CPU, and what ``routing.py`` lists for fleets.
+and aborts, tenants' rate limits, and what ``routing.py`` lists for fleets.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from servewise.errors import OverloadedError
 from servewise.plan.knobs import EngineSpec
 from servewise.plan.profile import ProfiledRange
 from servewise.plan.routing import rank_replicas
+from servewise.plan.serving import ServingCalibration
 from servewise.plan.step_cost import StepCostModel, shape_of
 from servewise.plan.workload import PointWorkload
 from servewise.slo import AdmissionConfig, AdmissionController, AdmissionMode, SLOClass
@@ -209,10 +213,12 @@ class FleetSimulator:
 
     def __init__(self, spec: EngineSpec, cost: StepCostModel, slo_class: SLOClass, *, num_replicas: int = 1,
                  admission: bool = True, ranges: ProfiledRange | None = None, seed: int = 0,
-                 blocks_needed: int | None = None) -> None:
+                 blocks_needed: int | None = None, serving: ServingCalibration | None = None) -> None:
         """``blocks_needed``: ``blocks_ever_needed`` summed over every point this fleet will serve
-        (None: the first point's)."""
+        (None: the first point's). ``serving``: when clients see tokens, against when the engine
+        produced them (None: at once); ``cost`` is the calibration's already (``serving.apply``)."""
         self.spec, self.cost, self.slo_class, self.ranges = spec, cost, slo_class, ranges
+        self.serving = serving
         self.now = 0.0
         self.num_replicas, self.admission, self.blocks_needed = num_replicas, admission, blocks_needed
         self.replicas: list[Replica] = []  # built by the first run()
@@ -383,11 +389,14 @@ class FleetSimulator:
         replica.num_in_flight -= 1
         del self._flights[str(flight.index)]
         send = flight.send_s
+        ttft_s = flight.token_times[0] - send
+        # the client sees the stream later than the engine made it (serving.py); TPOT is unchanged
+        shift = 0.0 if self.serving is None else self.serving.first_token_shift_s(ttft_s)
         self._records.append(RequestRecord(
             index=flight.index, scheduled_s=flight.scheduled_s - self._origin_s, send_s=send - self._origin_s,
             outcome=Outcome.OK,
-            kind=self._kind(flight), http_status=200, ttft_s=flight.token_times[0] - send, e2e_s=now - send,
-            token_times_s=[t - send for t in flight.token_times], num_input_tokens=self._num_prompt(flight),
+            kind=self._kind(flight), http_status=200, ttft_s=ttft_s + shift, e2e_s=now - send + shift,
+            token_times_s=[t - send + shift for t in flight.token_times], num_input_tokens=self._num_prompt(flight),
             num_output_tokens=num_output_tokens, usage_reported=True, warmup=flight.warmup))
         self._next(now)
 

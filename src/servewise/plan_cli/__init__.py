@@ -14,13 +14,14 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 PROFILE_EPILOG = """\
 examples:
-  servewise profile --output profile.json                     # the embedded model, about a minute
+  servewise profile --output profile.json                     # the embedded model, about two minutes
   servewise profile --linear-backend fp32 --threads 2 --output profile-fp32.json
 """
 PLAN_EPILOG = """\
@@ -46,6 +47,11 @@ def add_profile_parser(sub: Any, add_engine_args: Callable[[argparse.ArgumentPar
     profile.add_argument("--quick", action="store_true", help="a reduced grid (a smoke check, a rougher fit)")
     profile.add_argument("--max-context", type=int, default=2048, help="longest context measured (tokens)")
     profile.add_argument("--repeats", type=int, default=None, help="measurements per step shape")
+    profile.add_argument("--serving-requests", type=int, default=None, metavar="N",
+                         help="requests served through `servewise serve` to calibrate the server's own "
+                              "overhead (default 32; 16 with --quick)")
+    profile.add_argument("--no-serving", action="store_true",
+                         help="skip the serving calibration: plans then simulate the engine alone")
     profile.set_defaults(func=cmd_profile)
 
 
@@ -55,6 +61,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from servewise.plan.profiler import ProfileGrid, run_profile
 
     config = engine_config(args)
+    if config.speculative.enabled:  # drafting is not part of the step-cost model: profile plain steps
+        config = dataclasses.replace(config, speculative=dataclasses.replace(config.speculative,
+                                                                           num_speculative_tokens=0))
     engine = LLMEngine(config)
     try:
         grid = ProfileGrid.default(config.scheduler.max_num_batched_tokens, config.scheduler.max_num_seqs,
@@ -65,11 +74,26 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"servewise profile: error: {exc}", file=sys.stderr)
         return 2
     profile = run_profile(engine, config, grid, seed=args.seed, progress=_say)
+    if not args.no_serving:
+        from servewise.plan_cli.serving import calibrate_serving
+
+        started = time.perf_counter()
+        num_requests = args.serving_requests or (16 if args.quick else 32)
+        try:
+            profile = calibrate_serving(profile, config, engine.tokenizer, num_requests=num_requests,
+                                        max_model_len=engine.max_model_len, model_path=args.model, say=_say)
+        except (RuntimeError, ValueError) as exc:
+            print(f"servewise profile: error: the serving calibration failed: {exc} "
+                  "(--no-serving skips it)", file=sys.stderr)
+            return 1
+        profile = dataclasses.replace(profile, duration_s=profile.duration_s + time.perf_counter() - started)
     profile.save(args.output)
     fit = profile.fit
     print(f"profiled {profile.model.name} ({profile.backend.label}) on {profile.machine.cpu_model} in "
           f"{profile.duration_s:.0f} s: {fit.num_samples} steps, R² {fit.r2:.3f}, MAPE {100 * fit.mape:.1f}%, "
           f"cross-validated MAPE {100 * fit.cv_mape:.1f}%; host overhead MAPE {100 * profile.host_mape:.0f}%")
+    if profile.serving is not None:
+        print(profile.serving.describe())
     print(f"wrote {args.output}")
     return 0
 
@@ -125,6 +149,9 @@ def build_plan_parser() -> argparse.ArgumentParser:
     w.add_argument("--headroom", type=float, default=0.2, help="spare capacity at the target rate (default 0.2)")
     w.add_argument("--price-per-hour", type=float, help="$ per replica-hour: cost per 1M output tokens")
     w.add_argument("--no-capacity", action="store_true", help="skip the search for the highest rate meeting the SLO")
+    w.add_argument("--engine-only", action="store_true",
+                   help="ignore the profile's serving calibration: simulate the engine alone, as if no HTTP "
+                        "server or client shared its cores")
     w.add_argument("--output-dir", help="write plan.json, report.md and PNG charts here")
     v = p.add_argument_group("validate")
     v.add_argument("--base-url", help="bench this server instead of starting `servewise serve` per configuration")

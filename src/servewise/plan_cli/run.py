@@ -39,10 +39,16 @@ def _base_knobs(args: argparse.Namespace, threads: int) -> Knobs:
                  kv_cache_dtype=args.kv_cache_dtype, max_model_len=args.max_model_len)
 
 
-def _profile_line(p: Profile) -> str:
+def _profile_line(p: Profile, engine_only: bool) -> str:
+    serving = ("engine alone (no serving calibration)" if p.serving is None or engine_only
+               else p.serving.describe())
     return (f"{p.backend.label} on {p.machine.cpu_model} ({' '.join(p.machine.isa) or 'no AVX'}), "
             f"{p.created_at}: {p.fit.num_samples} steps, R² {p.fit.r2:.3f}, MAPE {100 * p.fit.mape:.1f}%, "
-            f"CV MAPE {100 * p.fit.cv_mape:.1f}%")
+            f"CV MAPE {100 * p.fit.cv_mape:.1f}%; {serving}")
+
+
+SPECULATION_NOTE = ("speculative decoding is not simulated: the figures are for `servewise serve "
+                    "--speculative-ngram 0`, which `plan validate` serves (the server's default drafts)")
 
 
 @dataclass
@@ -76,6 +82,7 @@ class PlanRun:
         notes = [f"profile {path} accepted with differences: {'; '.join(diffs)}" for path, p in
                  zip(args.profile, profiles, strict=True)
                  if (diffs := p.check(machine, fingerprint, allow_foreign=args.allow_foreign_profile))]
+        notes.append(SPECULATION_NOTE)
         grid = parse_grid(args.grid)
         cells = expand_grid(_base_knobs(args, profiles[0].backend.threads), grid)
         profile_set = ProfileSet(profiles)
@@ -87,11 +94,11 @@ class PlanRun:
         settings = PlanSettings(slo=slo, slo_class=slo_class, seeds=args.seeds, min_attainment=args.min_attainment / 100,
                                 cost_error=args.cost_error, price_per_hour=args.price_per_hour,
                                 target_rate=args.target_rate, headroom=args.headroom,
-                                find_capacity=not args.no_capacity)
+                                find_capacity=not args.no_capacity, engine_only=args.engine_only)
         cost_error = (f"± {100 * args.cost_error:g}%" if args.cost_error is not None
                       else "± the profile's cross-validated MAPE")
         context = PlanContext(
-            model=checkpoint.model_name, profiles=[_profile_line(p) for p in profiles],
+            model=checkpoint.model_name, profiles=[_profile_line(p, args.engine_only) for p in profiles],
             workload=f"{workload.kind.value} ({args.from_bench or 'bench flags'}), {endpoint.value} endpoint",
             load=", ".join(p.label for p in source.load.points) + (
                 f"; {source.load.num_requests} requests per point" if source.load.num_requests else

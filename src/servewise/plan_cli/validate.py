@@ -45,23 +45,26 @@ from servewise.plan_cli.run import PlanRun
 READY_TIMEOUT_S = 600.0
 
 
-def serve_flags(run: PlanRun, knobs: Knobs, device: str) -> list[str]:
+def serve_flags(knobs: Knobs, device: str, *, model_path: str | None = None, slo_class_flag: str | None = None
+                ) -> list[str]:
     """The ``servewise serve`` flags of one configuration (the same knobs the plan simulated)."""
     flags = ["--device", device, "--linear-backend", knobs.linear_backend, "--threads", str(knobs.threads),
              "--max-num-seqs", str(knobs.max_num_seqs), "--max-num-batched-tokens", str(knobs.max_num_batched_tokens),
              "--block-size", str(knobs.block_size), "--kv-cache-memory", str(knobs.kv_cache_memory_bytes),
              "--kv-cache-dtype", knobs.kv_cache_dtype, "--queue-policy", knobs.queue_policy,
-             "--admission", "enforce" if knobs.admission else "off"]
+             "--admission", "enforce" if knobs.admission else "off",
+             # the plan does not simulate drafting: serve what it simulated, not the server's default
+             "--speculative-ngram", "0"]
     if knobs.num_kv_blocks is not None:
         flags += ["--num-kv-blocks", str(knobs.num_kv_blocks)]
     if knobs.max_model_len is not None:
         flags += ["--max-model-len", str(knobs.max_model_len)]
     if not knobs.prefix_caching:
         flags.append("--no-prefix-caching")
-    if run.model_path:
-        flags += ["--model", run.model_path]
-    if run.slo_class_flag:
-        flags += ["--slo-class", run.slo_class_flag]
+    if model_path:
+        flags += ["--model", model_path]
+    if slo_class_flag:
+        flags += ["--slo-class", slo_class_flag]
     return flags
 
 
@@ -173,7 +176,8 @@ def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path, s
                 summaries, totals = _bench(run, args.base_url.rstrip("/"), run_dir, say)
             else:
                 say(f"serving {label} (run {k + 1}/{args.repeats})")
-                with served([*serve_flags(run, knobs, device), *args.serve_arg], run_dir / "server.log") as url:
+                flags = serve_flags(knobs, device, model_path=run.model_path, slo_class_flag=run.slo_class_flag)
+                with served([*flags, *args.serve_arg], run_dir / "server.log") as url:
                     summaries, totals = _bench(run, url, run_dir, say)
             measured[label].append(summaries)
             if totals is not None:
