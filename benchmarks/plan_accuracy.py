@@ -7,7 +7,7 @@
 For each workload (Alpaca chat; shared-prefix, 8 groups × 1,000-token system prompts;
 mixed, 10% long prompts), on the embedded model with 2 threads:
 
-1. the measured capacity: a closed loop of 16 clients against a fresh server (admission
+1. the measured capacity: a closed loop of 16 clients against a fresh server (drafting and admission
    off) gives the requests per second it completes when saturated;
 2. `servewise plan validate` at 5 Poisson rates from 20% to 95% of that capacity plus one
    overload point (150%), each measured --repeats times against `servewise serve`, and
