@@ -152,6 +152,8 @@ def test_profile_then_plan_then_validate_on_a_tiny_model(tmp_path, capsys, model
         # that still catches a prediction off by a unit (×1000)
         for name in ("ttft_p50_s", "e2e_p50_s"):
             assert 0 < figures[name]["predicted"] < 5 * figures[name]["measured"], name
+    [probe] = validation["speed_probes"]  # one per repeat: a lone stream, measured and planned
+    assert probe["measured_tpot_s"] > 0 and probe["planned_tpot_s"] > 0 and "speed probe" in out
     [engine] = validation["engine"]  # the server's own counters over the sweep
     assert engine["measured"]["num_steps"] > 0 and engine["predicted"]["num_steps"] > 0
     assert (out_dir / "measured" / "base" / "run-1" / "results.json").is_file()

@@ -3,7 +3,8 @@ predicted against measured.
 
 Per configuration and repeat: a fresh ``servewise serve`` with that configuration's flags
 and the SLO class the plan simulated (or the server at ``--base-url``, whose state then
-carries over between repeats), the same short warm-up the plan simulates, then one bench
+carries over between repeats), the same short warm-up the plan simulates, a speed probe
+(``probe.py``: is the machine as fast as when profiled?), then one bench
 run of the plan's own workload and load, with ``ignore_eos`` so outputs run to
 ``max_tokens`` as the plan assumes. Everything measured is kept under ``OUTPUT_DIR/measured/``; the comparison
 goes to ``validation.md`` and ``validation.json``.
@@ -12,6 +13,7 @@ goes to ``validation.md`` and ``validation.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import socket
@@ -22,6 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -40,6 +43,7 @@ from servewise.plan.validation_report import (
     summary_lines,
     validation_dict,
 )
+from servewise.plan_cli.probe import SpeedProbe, speed_probe
 from servewise.plan_cli.run import PlanRun
 
 READY_TIMEOUT_S = 600.0
@@ -133,33 +137,37 @@ def engine_counters(base_url: str) -> EngineTotals | None:
     return EngineTotals(values["servewise:engine_busy_seconds_total"], values["servewise:engine_steps_total"])
 
 
-def _bench(run: PlanRun, base_url: str, out_dir: Path, say: Callable[[str], None]
-           ) -> tuple[list[PointSummary], EngineTotals | None]:
-    """The warm-up the plan simulated, then the plan's sweep: the sweep's summaries, and the engine's
-    busy time and steps during it."""
+def _bench(run: PlanRun, base_url: str, out_dir: Path, say: Callable[[str], None],
+           probe: Callable[[str], SpeedProbe | None]) -> tuple[list[PointSummary], EngineTotals | None, SpeedProbe | None]:
+    """The warm-up the plan simulated, the speed probe, then the plan's sweep: the sweep's summaries,
+    the engine's busy time and steps during it, and the probe."""
     target = TargetConfig(base_url=base_url, endpoint=run.endpoint, ignore_eos=True)
     # A fresh server pays one-off costs on its first requests (allocations, kernels' first calls);
     # the plan predicts a warm one, so a few requests go first, unmeasured (and simulated alike).
     say(f"warming up {base_url}")
     run_benchmark(BenchConfig(target, warmup_load(run.load), run.workload, run.settings.slo, run.tokenizer))
+    found = probe(base_url)
+    if found is not None:
+        say(found.describe())
     before = engine_counters(base_url)
     say(f"bench run against {base_url}")
     result = run_benchmark(BenchConfig(target, run.load, run.workload, run.settings.slo, run.tokenizer))
     after = engine_counters(base_url)
     write_outputs(result, out_dir)
     engine = after.minus(before) if after is not None and before is not None else None
-    return [p.summary for p in result.points], engine
+    return [p.summary for p in result.points], engine, found
 
 
 def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path, say: Callable[[str], None]
-            ) -> tuple[dict[str, list[list[PointSummary]]], dict[str, list[EngineTotals]]]:
+            ) -> tuple[dict[str, list[list[PointSummary]]], dict[str, list[EngineTotals]], list[SpeedProbe]]:
     """Per configuration label, per repeat: the bench's summaries of the plan's points, and the
-    engine's busy time and steps over the sweep."""
+    engine's busy time and steps over the sweep; and each repeat's speed probe."""
     if args.base_url and len(run.cells) > 1:
         raise ValueError("--base-url is one server, so one configuration: drop the --grid, or let validate "
                          "start `servewise serve` for each configuration")
     measured: dict[str, list[list[PointSummary]]] = {}
     engine: dict[str, list[EngineTotals]] = {}
+    probes: list[SpeedProbe] = []
     for knobs in run.cells:
         label = knobs.label(run.varied)
         cell_dir = out_dir / "measured" / _slug(label)
@@ -172,17 +180,19 @@ def measure(run: PlanRun, plan: Plan, args: argparse.Namespace, out_dir: Path, s
         for k in range(args.repeats):  # each repeat on a fresh server: the state the plan simulates
             run_dir = cell_dir / f"run-{k + 1}"
             run_dir.mkdir(parents=True, exist_ok=True)
+            probe = functools.partial(speed_probe, run, knobs, label, k + 1)
             if args.base_url:
-                summaries, totals = _bench(run, args.base_url.rstrip("/"), run_dir, say)
+                summaries, totals, found = _bench(run, args.base_url.rstrip("/"), run_dir, say, probe)
             else:
                 say(f"serving {label} (run {k + 1}/{args.repeats})")
                 flags = serve_flags(knobs, device, model_path=run.model_path, slo_class_flag=run.slo_class_flag)
                 with served([*flags, *args.serve_arg], run_dir / "server.log") as url:
-                    summaries, totals = _bench(run, url, run_dir, say)
+                    summaries, totals, found = _bench(run, url, run_dir, say, probe)
             measured[label].append(summaries)
+            probes += [found] if found is not None else []
             if totals is not None:
                 engine[label].append(totals)
-    return measured, engine
+    return measured, engine, probes
 
 
 def validate(run: PlanRun, plan: Plan, args: argparse.Namespace, console: Console,
@@ -191,7 +201,7 @@ def validate(run: PlanRun, plan: Plan, args: argparse.Namespace, console: Consol
         raise ValueError("--repeats must be ≥ 1")
     out_dir = Path(args.output_dir or "plan-validation")
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured, engine = measure(run, plan, args, out_dir, progress)
+    measured, engine, probes = measure(run, plan, args, out_dir, progress)
     validation = compare(plan, measured, run.settings.min_attainment, engine)
     table = Table(title="servewise plan validate: predicted / measured (error)",
                   caption="times in ms; measured = median of the repeats; ✓/✗ = within the issue's target")
@@ -200,14 +210,14 @@ def validate(run: PlanRun, plan: Plan, args: argparse.Namespace, console: Consol
     for row in point_rows(validation):
         table.add_row(*row)
     console.print(table)
-    for line in summary_lines(validation):
+    for line in summary_lines(validation) + [p.describe() for p in probes]:
         console.print(line, markup=False)
     context = run.context
     header = [f"- Model: {context.model}", *(f"- Profile: {p}" for p in context.profiles),
               f"- Workload: {context.workload}", f"- Load: {context.load}; {args.repeats} bench run(s) per configuration",
-              f"- SLO: {context.slo}"]
+              f"- SLO: {context.slo}", *(f"- {p.describe()}" for p in probes)]
     (out_dir / "validation.md").write_text(render_markdown(validation, header), encoding="utf-8")
-    (out_dir / "validation.json").write_text(json.dumps(validation_dict(validation), indent=1) + "\n",
-                                             encoding="utf-8")
+    result = {**validation_dict(validation), "speed_probes": [{**asdict(p), "error": p.error} for p in probes]}
+    (out_dir / "validation.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     console.print(f"wrote validation.md, validation.json and measured/ to {out_dir}")
     return 0
