@@ -18,7 +18,7 @@ open loop (with its concurrency cap) or closed loop. Replicas share the clock; t
 routes each request (``routing.py``).
 
 The server's own work (HTTP, SSE, the client on the same cores) enters only through the
-profile's serving calibration (``serving.py``): steps scaled, plus a cost per stream, and
+profile's serving calibration (``serving.py``): every step scaled, and
 each request's stream shifted as its first token is.
 
 Not modelled: EOS and stop strings (outputs run to max_tokens), n > 1, client timeouts
