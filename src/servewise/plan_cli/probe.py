@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from servewise.bench import BenchConfig, TargetConfig, run_benchmark
 from servewise.bench.distributions import parse_length
-from servewise.bench.records import Outcome, RequestRecord
+from servewise.bench.records import Outcome
 from servewise.bench.schedule import LoadConfig, LoadMode, LoadPoint, sweep
 from servewise.bench.slo import SloSpec
 from servewise.bench.workloads import WorkloadConfig, WorkloadKind
@@ -44,14 +44,6 @@ class SpeedProbe:
                 f"({100 * self.error:+.0f}%)")
 
 
-def _tpot(record: RequestRecord) -> float | None:
-    if record.outcome is not Outcome.OK or record.ttft_s is None or record.e2e_s is None:
-        return None
-    if record.num_output_tokens < 2:
-        return None
-    return (record.e2e_s - record.ttft_s) / (record.num_output_tokens - 1)
-
-
 def speed_probe(run: PlanRun, knobs: Knobs, label: str, index: int, base_url: str) -> SpeedProbe | None:
     """Measure and simulate the probe request (None if the server did not complete it)."""
     target = TargetConfig(base_url=base_url, endpoint=run.endpoint, ignore_eos=True)
@@ -59,12 +51,12 @@ def speed_probe(run: PlanRun, knobs: Knobs, label: str, index: int, base_url: st
                               output_len=parse_length(f"fixed:{PROBE_OUTPUT}"))
     load = LoadConfig(sweep(concurrencies=[1]), num_requests=1, seed=index)
     record = run_benchmark(BenchConfig(target, load, workload, SloSpec(), run.tokenizer)).points[0].records[0]
-    measured = _tpot(record)
+    measured = record.tpot_s if record.outcome is Outcome.OK else None
     if measured is None:
         return None
     prompt = record.num_input_tokens or PROBE_PROMPT
     point = LoadPoint(LoadMode.OPEN_LOOP, rate_per_s=1.0)
     alone = PointWorkload((SimRequest(tuple(range(_UNSEEN_IDS, _UNSEEN_IDS + prompt)), PROBE_OUTPUT),), (0.0,))
     simulated = run.planner.fleet(knobs).run(alone, LoadConfig((point,), num_requests=1), point).records[0]
-    planned = _tpot(simulated)
+    planned = simulated.tpot_s
     return None if planned is None else SpeedProbe(label, index, measured, planned)

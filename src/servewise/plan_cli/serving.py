@@ -17,7 +17,7 @@ from pathlib import Path
 from servewise.bench import BenchConfig, TargetConfig, run_benchmark
 from servewise.bench.client import Endpoint
 from servewise.bench.distributions import parse_length
-from servewise.bench.records import Outcome, RequestRecord
+from servewise.bench.records import Outcome
 from servewise.bench.schedule import LoadConfig, sweep
 from servewise.bench.slo import SloSpec
 from servewise.bench.workloads import WorkloadConfig, WorkloadKind
@@ -98,7 +98,7 @@ def calibrate_serving(profile: Profile, config: EngineConfig, tokenizer: ServerT
                                admission=False, ranges=profile.ranges, blocks_needed=blocks)
         fleet.run(*warmup)
         records = [r for r in fleet.run(*point).records if r.index in measured and r.ttft_s]
-        return ([_tpot(r) for r in records], [_tpot(measured[r.index]) for r in records],
+        return ([r.tpot_s or 0.0 for r in records], [measured[r.index].tpot_s or 0.0 for r in records],
                 [r.ttft_s or 0.0 for r in records], [measured[r.index].ttft_s or 0.0 for r in records])
 
     engine_only = simulate(1.0)
@@ -113,9 +113,3 @@ def calibrate_serving(profile: Profile, config: EngineConfig, tokenizer: ServerT
         ttft_mape_calibrated=relative_error([alpha + beta * s for s in calibrated[2]], calibrated[3]))
     return dataclasses.replace(profile, serving=calibration)
 
-
-def _tpot(record: RequestRecord) -> float:
-    """Mean gap between a request's tokens after the first (0 when it has one token)."""
-    if record.ttft_s is None or record.e2e_s is None or record.num_output_tokens < 2:
-        return 0.0
-    return (record.e2e_s - record.ttft_s) / (record.num_output_tokens - 1)
