@@ -236,7 +236,12 @@ class FleetBackend:
         task.add_done_callback(self._tasks.discard)
 
     def abort_all(self, reason: FinishReason) -> None:
-        pass  # the server's drain cancels its streams; cancelling a stream cancels the replica's request
+        """Not implemented at the ingress (a known gap): a drain that times out here does not cut the
+        fleet's streams. They end when Ray stops the engine replicas, each of which drains and then
+        ends its requests with ``reason`` DRAIN (``EngineDeployment.__del__`` → ``abort_all``), so
+        clients get a finished stream, later than the ingress's drain timeout."""
+        logger.warning("drain timeout at the fleet ingress: %d streams continue until their engine replicas "
+                       "stop (the ingress cannot cut them)", self.num_in_flight)
 
     # -- reporting ----------------------------------------------------------------------------
     def admission_snapshot(self) -> dict[str, Any]:
